@@ -1,0 +1,183 @@
+"""The inference pipeline: noise in, images out, with the UNet and the scheduler as its two components."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..loading import load_pipeline_safely
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+@dataclass
+class DDPMPipelineOutput(BaseOutput):
+    """Output of :class:`DDPMPipeline`.
+
+    Args:
+        images: the images: PIL images, an ``(B, H, W, C)`` array in [0, 1], or a ``(B, C, H, W)`` tensor in [0, 1].
+        trajectory: the recorded denoising steps when ``trajectory_steps`` was given, else ``None``.
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    trajectory: "DenoisingTrajectory | None" = None
+
+
+@dataclass
+class DenoisingTrajectory:
+    """The denoising process at chosen steps, images mapped to [0, 1] and kept on the CPU.
+
+    Args:
+        timesteps: the timestep ``t`` of each recorded step.
+        samples: ``x_t``, the input of each recorded step, ``(steps, B, C, H, W)``; ``samples[0]`` is pure noise
+            when step 0 is recorded.
+        pred_original_samples: the scheduler's estimate of ``x_0`` at each recorded step, same shape, or ``None``
+            for schedulers that do not give one.
+    """
+
+    timesteps: list[int]
+    samples: torch.Tensor
+    pred_original_samples: torch.Tensor | None
+
+
+class DDPMPipeline(DiffusionPipeline):
+    """Unconditional image generation by DDPM ancestral sampling (or any diffusers scheduler swapped in).
+
+    Args:
+        unet: a :class:`~ddpmkit.ConvUNet2DModel` or a diffusers ``UNet2DModel``.
+        scheduler: a :class:`~ddpmkit.LinearDDPMScheduler` or any diffusers scheduler.
+
+    Example:
+
+    >>> import torch
+    >>> from ddpmkit import ConvUNet2DModel, DDPMPipeline, LinearDDPMScheduler
+    >>> unet = ConvUNet2DModel(sample_size=8, block_out_channels=(8, 16), norm_num_groups=4, time_embedding_dim=8)
+    >>> pipe = DDPMPipeline(unet=unet, scheduler=LinearDDPMScheduler())
+    >>> pipe.set_progress_bar_config(disable=True)
+    >>> images = pipe(batch_size=2, num_inference_steps=5, generator=torch.manual_seed(0)).images
+    >>> images[0].size, images[0].mode
+    ((8, 8), 'L')
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet, scheduler):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, allow_pickle: bool = False, **kwargs):
+        """Loads a pipeline folder (or Hub repo) reading safetensors and JSON only.
+
+        Only ``ddpmkit`` and ``diffusers`` classes named in ``model_index.json`` are built, and the folder is checked
+        before anything is allocated. ``allow_pickle=True`` opts into legacy ``.bin`` weights, which are pickles
+        and can run code: use it only for files you trust.
+        """
+        return load_pipeline_safely(super().from_pretrained, cls, pretrained_model_name_or_path, allow_pickle, kwargs)
+
+    def _check_call_arguments(self, batch_size, generator, num_inference_steps, output_type, trajectory_steps):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"got {len(generator)} generators for batch_size {batch_size}; pass one per image")
+        steps_max = self.scheduler.config.num_train_timesteps
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
+            raise ValueError(f"num_inference_steps must be an integer, got {num_inference_steps!r}")
+        if not 1 <= num_inference_steps <= steps_max:
+            raise ValueError(f"num_inference_steps must be between 1 and {steps_max}, got {num_inference_steps}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type {output_type!r} must be one of {OUTPUT_TYPES}")
+        if trajectory_steps is not None and not isinstance(trajectory_steps, (int, list, tuple)):
+            raise ValueError(f"trajectory_steps must be an int or a list of step indices, got {trajectory_steps!r}")
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 1000,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        trajectory_steps: int | list[int] | None = None,
+        class_labels: torch.Tensor | None = None,
+    ) -> DDPMPipelineOutput | tuple:
+        """Generates ``batch_size`` images.
+
+        Args:
+            batch_size: number of images.
+            generator: a generator, or a list with one per image so each image has its own random stream
+                (then an image does not depend on the batch it is drawn in).
+            num_inference_steps: denoising steps; 1000 visits every training timestep.
+            output_type: ``"pil"`` (mode L for one channel, RGB for three), ``"np"`` (NHWC in [0, 1]) or ``"pt"``
+                (NCHW in [0, 1]).
+            return_dict: return :class:`DDPMPipelineOutput` rather than a tuple.
+            trajectory_steps: record the denoising process: an int ``n`` records ``n`` evenly spaced steps from the
+                first (pure noise) to the last; a list names step indices (0 = first, -1 = last).
+            class_labels: ``(batch_size,)`` labels for a class-conditional UNet.
+        """
+        self._check_call_arguments(batch_size, generator, num_inference_steps, output_type, trajectory_steps)
+        # 1. pure noise x_T, drawn exactly as diffusers does so both pipelines give the same images
+        sample_size = self.unet.config.sample_size
+        size = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
+        shape = (batch_size, self.unet.config.in_channels, *size)
+        device = self._execution_device
+        image = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+
+        # 2. the timesteps, and which of them to record
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        record = _resolve_trajectory_steps(trajectory_steps, len(timesteps))
+        recorded_t, recorded_x, recorded_x0 = [], [], []
+
+        # 3. denoise: x_t -> x_{t-1}
+        unet_kwargs = {} if class_labels is None else {"class_labels": class_labels}
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            model_input = self.scheduler.scale_model_input(image, t)
+            model_output = self.unet(model_input, t, **unet_kwargs).sample
+            step = self.scheduler.step(model_output, t, image, generator=generator)
+            if i in record:
+                recorded_t.append(int(t))
+                recorded_x.append(_to_unit(image))
+                x0 = getattr(step, "pred_original_sample", None)
+                recorded_x0.append(None if x0 is None else _to_unit(x0))
+            image = step.prev_sample
+
+        # 4. to [0, 1] and the requested type
+        image = _to_unit(image, keep_device=True)
+        if output_type != "pt":
+            image = image.cpu().permute(0, 2, 3, 1).float().numpy()
+            if output_type == "pil":
+                image = self.numpy_to_pil(image)
+        self.maybe_free_model_hooks()
+
+        trajectory = None
+        if record:
+            x0s = None if any(x is None for x in recorded_x0) else torch.stack(recorded_x0)
+            trajectory = DenoisingTrajectory(recorded_t, torch.stack(recorded_x), x0s)
+        if not return_dict:
+            return (image,) if trajectory is None else (image, trajectory)
+        return DDPMPipelineOutput(images=image, trajectory=trajectory)
+
+
+def _to_unit(x: torch.Tensor, keep_device: bool = False) -> torch.Tensor:
+    x = (x / 2 + 0.5).clamp(0, 1)
+    return x if keep_device else x.detach().float().cpu()
+
+
+def _resolve_trajectory_steps(steps: int | list[int] | None, total: int) -> set[int]:
+    if steps is None:
+        return set()
+    if isinstance(steps, int):
+        if steps < 1:
+            raise ValueError(f"trajectory_steps must be at least 1, got {steps}")
+        return set(np.linspace(0, total - 1, min(steps, total)).round().astype(int).tolist())
+    resolved = set()
+    for index in steps:
+        if isinstance(index, bool) or not isinstance(index, int) or not -total <= index < total:
+            raise ValueError(f"trajectory step {index!r} is not a step index in [-{total}, {total - 1}]")
+        resolved.add(index % total)
+    return resolved
