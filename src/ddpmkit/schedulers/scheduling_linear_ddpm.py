@@ -46,8 +46,9 @@ class LinearDDPMScheduler(SchedulerMixin, ConfigMixin):
         beta_start, beta_end: first and last ``beta_t``.
         beta_schedule: only ``"linear"``; other diffusers schedules are refused.
         trained_betas: explicit betas, overriding ``beta_start``/``beta_end``.
-        variance_type: ``"fixed_small"`` (posterior variance, eq. 7) or ``"fixed_large"`` (``beta_t``); the
-            ``_log`` variants as in diffusers.
+        variance_type: ``"fixed_small"`` (posterior variance, eq. 7) or ``"fixed_large"`` (``beta_t``), each
+            also computed in log space with ``_log`` (``"fixed_large_log"`` samples like ``"fixed_large"``, where
+            diffusers' DDPMScheduler returns NaN).
         clip_sample: clamp the predicted ``x_0`` to ``[-clip_sample_range, clip_sample_range]``.
         prediction_type: what the model predicts: ``"epsilon"``, ``"sample"`` (``x_0``) or ``"v_prediction"``.
         thresholding: dynamic thresholding of the predicted ``x_0`` (Imagen), instead of ``clip_sample``.
@@ -252,10 +253,13 @@ class LinearDDPMScheduler(SchedulerMixin, ConfigMixin):
             noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
                                  dtype=model_output.dtype)  # fmt: skip
             variance = self._get_variance(t)
-            if self.config.variance_type == "fixed_small_log":
-                prev_sample = prev_sample + variance * noise
+            if self.config.variance_type == "fixed_small_log":  # already a standard deviation
+                std = variance
+            elif self.config.variance_type == "fixed_large_log":  # a log variance (diffusers takes its sqrt: NaN)
+                std = torch.exp(0.5 * variance)
             else:
-                prev_sample = prev_sample + variance ** (0.5) * noise
+                std = variance ** (0.5)
+            prev_sample = prev_sample + std * noise
 
         # 6. the tutorial's clamp of x_{t-1}
         if self.config.clip_prev_sample:
