@@ -150,13 +150,16 @@ class ConvUNet2DModel(ModelMixin, ConfigMixin):
         for size in sizes:
             if size % factor:
                 raise ValueError(_size_message(size, len(block_out_channels), "sample_size"))
-        # Rough parameter count (3x3 convs dominate) so that absurd configs fail before allocating.
+        # Rough parameter count (3x3 convs, then the time and class embeddings) so that absurd configs fail
+        # before allocating.
         channels = [in_channels, *block_out_channels]
         estimate = sum(9 * (a + 2 * b) * b + 18 * b * b for a, b in zip(channels, channels[1:]))
+        estimate += time_embedding_dim * (time_embedding_dim + (num_class_embeds or 0) + 2 * sum(block_out_channels))
         if estimate > MAX_PARAMETERS:
             raise ValueError(
-                f"block_out_channels {list(block_out_channels)} gives about {estimate / 1e9:.1f}B parameters, over "
-                f"the {MAX_PARAMETERS / 1e9:.0f}B limit; use fewer channels"
+                f"block_out_channels {list(block_out_channels)}, time_embedding_dim {time_embedding_dim} and "
+                f"num_class_embeds {num_class_embeds} give about {estimate / 1e9:.1f}B parameters, over the "
+                f"{MAX_PARAMETERS / 1e9:.0f}B limit; use fewer channels or classes"
             )
 
     @classmethod
