@@ -48,7 +48,11 @@ def read_json(path: str | os.PathLike) -> dict:
 
 
 def resolve_component_class(name: str, entry) -> type | None:
-    """The class a ``model_index.json`` entry names, refusing any library but ddpmkit and diffusers."""
+    """The class a ``model_index.json`` entry names, refusing any library but ddpmkit and diffusers.
+
+    Nothing is imported on the folder's word: a ddpmkit class must be one ddpmkit exports, a diffusers class one
+    diffusers exports, and either must be a model or a scheduler (a nested pipeline would read its own, unchecked
+    ``model_index.json``)."""
     if entry is None or entry == [None, None]:
         return None
     if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
@@ -59,29 +63,59 @@ def resolve_component_class(name: str, entry) -> type | None:
             f"model_index.json names {library}.{class_name} for {name!r}; ddpmkit only builds classes from "
             f"{' and '.join(ALLOWED_LIBRARIES)} and never imports code a folder names"
         )
-    if library.startswith("ddpmkit"):
-        try:  # our own package: importing it runs no code from the folder
-            module = importlib.import_module(library)
-        except ImportError:
-            raise UnsafeFolderError(f"model_index.json names module {library!r}, which ddpmkit does not have") from None
+    if library.split(".")[0] == "ddpmkit":
+        import ddpmkit
+
+        cls = getattr(ddpmkit, class_name, None) if class_name in ddpmkit.__all__ else None
+        # the saved module path (ddpmkit.models.unet_conv) or a package above it (ddpmkit.models, ddpmkit)
+        if isinstance(cls, type) and not (cls.__module__ + ".").startswith(library + "."):
+            cls = None
     else:
         import diffusers
 
-        module = diffusers
-    cls = getattr(module, class_name, None)
+        cls = getattr(diffusers, class_name, None) if class_name.isidentifier() else None
     if not isinstance(cls, type):
         raise UnsafeFolderError(f"model_index.json names {library}.{class_name} for {name!r}, which does not exist")
+    from diffusers import ModelMixin, SchedulerMixin
+
+    if not issubclass(cls, (ModelMixin, SchedulerMixin)):
+        raise UnsafeFolderError(
+            f"model_index.json names {library}.{class_name} for {name!r}, which is not a model or a scheduler; "
+            "a pipeline component must be one"
+        )
     return cls
 
 
 def check_local_tree(root: Path) -> None:
-    """Refuses links that lead out of ``root``: a shared folder must not make ddpmkit read elsewhere."""
+    """Refuses links that lead out of ``root`` (or nowhere): a shared folder must not make ddpmkit read elsewhere."""
     real_root = root.resolve()
     for dirpath, dirnames, filenames in os.walk(root):
         for entry in dirnames + filenames:
             path = Path(dirpath, entry)
-            if path.is_symlink() and not path.resolve().is_relative_to(real_root):
+            if not path.is_symlink():
+                continue
+            try:
+                target = path.resolve(strict=True)
+            except (OSError, RuntimeError):  # RuntimeError: a link loop, before Python 3.13
+                raise CorruptFolderError(
+                    f"{path} is a broken link or a link loop (to {os.readlink(path)}); replace it with the file"
+                ) from None
+            if not target.is_relative_to(real_root):
                 raise UnsafeFolderError(f"{path} is a link to {os.readlink(path)}, outside {root}; copy the file in")
+
+
+def check_no_folder_code(root: Path, index: dict) -> None:
+    """Refuses the Python files diffusers would run while loading ``root``: ``<name>.py`` for a ``_class_name`` of
+    ``[name, class]``, and ``<component>/<library>.py`` for each component."""
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or not entry or not isinstance(entry[0], str):
+            continue
+        code = root / name / f"{entry[0]}.py"
+        if code.exists() or code.is_symlink():
+            raise UnsafeFolderError(
+                f"{code} is code that diffusers would run to load {name!r}; ddpmkit never runs code from a folder: "
+                "delete the file"
+            )
 
 
 def check_component_folder(folder: Path, cls: type, allow_pickle: bool) -> None:
@@ -179,6 +213,14 @@ def resolve_pretrained_folder(path_or_repo: str | os.PathLike, allow_pickle: boo
 
 def check_model_index(index: dict) -> dict[str, type]:
     """The classes of a pipeline's components, each one allowed by :func:`resolve_component_class`."""
+    class_name = index.get("_class_name")
+    if isinstance(class_name, list):
+        raise UnsafeFolderError(
+            f"model_index.json has _class_name {class_name!r}; a [file, class] pair asks to run code from the "
+            "folder, which ddpmkit never does: use the pipeline class name"
+        )
+    if not isinstance(class_name, str):
+        raise CorruptFolderError(f"model_index.json must name the pipeline class in _class_name, got {class_name!r}")
     components = {}
     for name, entry in index.items():
         if name.startswith("_"):
@@ -189,14 +231,27 @@ def check_model_index(index: dict) -> dict[str, type]:
     return components
 
 
+# diffusers options that load code (from the folder, the Hub or the community pipelines) or skip the checks here
+REFUSED_OPTIONS = ("trust_remote_code", "custom_pipeline", "custom_revision", "variant", "dduf_file")
+
+
 def load_pipeline_safely(
     load: Callable, pipeline_cls: type, path_or_repo, allow_pickle: bool, kwargs: dict
 ):  # -> DiffusionPipeline
     """Checks a pipeline folder, then has diffusers' ``from_pretrained`` (``load``) build it."""
+    refused = [k for k in REFUSED_OPTIONS if kwargs.get(k) not in (None, False)]
+    if refused:
+        raise UnsafeFolderError(
+            f"{refused[0]}={kwargs[refused[0]]!r} is not supported: ddpmkit loads JSON and safetensors only, never "
+            "code from a folder or the Hub, and no weight variants; drop the option"
+        )
+    allow_pickle = allow_pickle or kwargs.get("use_safetensors", True) is not True  # as ConvUNet2DModel does
     root, is_local = resolve_pretrained_folder(path_or_repo, allow_pickle, kwargs)
     if is_local:
         check_local_tree(root)
-    components = check_model_index(read_json(root / "model_index.json"))
+    index = read_json(root / "model_index.json")
+    components = check_model_index(index)
+    check_no_folder_code(root, index)
     expected = set(inspect.signature(pipeline_cls.__init__).parameters) - {"self"}
     unknown = sorted(set(components) - expected)
     if unknown:
