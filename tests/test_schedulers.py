@@ -104,11 +104,12 @@ def test_tutorial_sampler_matches_the_tutorial():
     ours, theirs = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     scheduler.set_timesteps(1000)
     for t in scheduler.timesteps:
-        # Each step from the same x_t: the two formulas agree to float32 rounding, amplified by 1/sqrt(alpha_bar_t).
+        # Each step from the same x_t. The two formulas are algebraically equal; near t = 0 both divide by
+        # 1 - alpha_bar_t ~ 1e-4 computed in float32, so there they differ by float32 rounding (up to ~6e-5).
         eps = fake_model(x, t)
         expected = tutorial_reference_step(eps, int(t), x, theirs)
         x = scheduler.step(eps, t, x, generator=ours).prev_sample
-        torch.testing.assert_close(x, expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(x, expected, atol=1e-4 if t < 10 else 1e-5, rtol=0)
     assert x.abs().max() <= 1.0
 
 
