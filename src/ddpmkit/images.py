@@ -42,10 +42,10 @@ def to_pil_images(images: ImageBatch) -> list[PIL.Image.Image]:
 
 
 def _grid_of_rows(
-    rows: list[list[PIL.Image.Image]], padding: int, scale: int, group_size: int = 1
+    rows: list[list[PIL.Image.Image]], padding: int, scale: int, group_size: int | None = None
 ) -> PIL.Image.Image:
     """Pastes ``rows`` of equally sized images onto one canvas, ``padding`` pixels apart (after scaling by
-    ``scale``); every ``group_size`` rows are set a further ``padding`` apart from the next group."""
+    ``scale``); with ``group_size``, every ``group_size`` rows are set a further ``padding`` apart from the next."""
     if not rows or not rows[0]:
         raise ValueError("no images to draw")
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
@@ -61,6 +61,7 @@ def _grid_of_rows(
                 raise ValueError(f"all images must have the same size; got {image.size} and {size}")
     width, height = size[0] * scale, size[1] * scale
     ncols = max(len(row) for row in rows)
+    group_size = group_size or len(rows)
     groups = math.ceil(len(rows) / group_size)
     canvas_w = ncols * width + (ncols + 1) * padding
     canvas_h = len(rows) * height + (len(rows) + 1) * padding + (groups - 1) * padding
@@ -150,7 +151,7 @@ def trajectory_picture(
         rows.append([x_t[sample] for x_t, _ in columns])
         if show_x0:
             rows.append([x_0[sample] for _, x_0 in columns])
-    return _grid_of_rows(rows, padding, scale, group_size=2 if show_x0 else 1)
+    return _grid_of_rows(rows, padding, scale, group_size=2 if show_x0 else None)
 
 
 def trajectory_frames(
