@@ -1,0 +1,559 @@
+"""Training images: dataset presets, loading from the Hub, local Parquet/Arrow files or a folder, and a tensor cache.
+
+Images are decoded, converted and resized once into a ``uint8`` tensor ``(N, C, H, W)`` and cached on disk as
+safetensors, so training never waits on JPEG/PNG decoding and a second run does not decode again.
+
+>>> ds = load_image_dataset(dataset="mnist", train_data_files="../shared/data/mnist/train.parquet")  # doctest: +SKIP
+>>> ds.images.shape, ds[0].min() >= -1  # doctest: +SKIP
+(torch.Size([60000, 1, 32, 32]), tensor(True))
+"""
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+DATA_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+MAX_RESOLUTION = 4096
+
+
+@dataclass(frozen=True)
+class DatasetPreset:
+    """A named dataset: its Hub id and the columns that hold the images (and labels)."""
+
+    hub_id: str
+    image_column: str
+    label_column: str | None = None
+    config_name: str | None = None
+
+
+DATASET_PRESETS: dict[str, DatasetPreset] = {
+    "mnist": DatasetPreset("ylecun/mnist", "image", "label"),
+    "fashion_mnist": DatasetPreset("zalando-datasets/fashion_mnist", "image", "label"),
+    "cifar10": DatasetPreset("uoft-cs/cifar10", "img", "label"),
+    "flowers102": DatasetPreset("huggan/flowers-102-categories", "image", None),
+}
+
+
+class ImageTensorDataset(torch.utils.data.Dataset):
+    """All training images as one ``uint8`` tensor, mapped to float ``[-1, 1]`` when read.
+
+    Args:
+        images: ``(N, C, H, W)`` uint8 tensor.
+        labels: optional ``(N,)`` int64 tensor.
+        source: a human-readable description of where the images came from.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None, source: str = ""):
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be a uint8 tensor (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if labels is not None and labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+        self.images = images
+        self.labels = None if labels is None else labels.to(torch.int64)
+        self.source = source
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.images[index].float().div(127.5).sub(1.0)  # (C, H, W) in [-1, 1]
+
+    @property
+    def num_channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def resolution(self) -> int:
+        return self.images.shape[2]
+
+    def batch(
+        self, indices: torch.Tensor, device: torch.device | str | None = None, flip: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Images ``indices`` as a float batch in ``[-1, 1]`` on ``device``; ``flip`` is a ``(B,)`` bool mask of
+        images to mirror left-right. The uint8 tensor moves to the device first, so the copy is 4x smaller."""
+        x = self.images[indices].to(device, non_blocking=True)
+        x = x.float().div_(127.5).sub_(1.0)  # (B, C, H, W) in [-1, 1]
+        if flip is not None:
+            flip = flip.to(x.device)
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        return x
+
+    def to_pil(self, index: int) -> PIL.Image.Image:
+        array = self.images[index].permute(1, 2, 0).numpy()  # (H, W, C)
+        return PIL.Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+
+    def __repr__(self) -> str:
+        labels = "" if self.labels is None else ", labelled"
+        n, c, h, w = self.images.shape
+        return f"ImageTensorDataset({n} images, {c}x{h}x{w}{labels}, from {self.source})"
+
+
+def add_dataset_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Adds the data flags (names as in diffusers' ``train_unconditional.py``) to ``parser``."""
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--dataset", type=str, default=None,
+        help=f"A named dataset: one of {', '.join(DATASET_PRESETS)}. Sets the Hub id and the image/label columns; "
+        "with --train_data_files, reads a local copy with those columns instead of the Hub.",
+    )  # fmt: skip
+    group.add_argument(
+        "--dataset_name", type=str, default=None,
+        help="Any Hugging Face Hub dataset id (or local dataset script/folder) holding an image column.",
+    )  # fmt: skip
+    group.add_argument("--dataset_config_name", type=str, default=None, help="The config of --dataset_name, if any.")
+    group.add_argument(
+        "--train_data_dir", type=str, default=None,
+        help="A folder of image files (searched recursively). Images in class subfolders get labels.",
+    )  # fmt: skip
+    group.add_argument(
+        "--train_data_files", type=str, nargs="+", default=None,
+        help="Local Parquet/Arrow files, e.g. ../shared/data/mnist/train.parquet (columns as on the Hub).",
+    )  # fmt: skip
+    group.add_argument("--image_column", type=str, default=None, help="The column holding the images.")
+    group.add_argument("--label_column", type=str, default=None, help="The column holding integer class labels.")
+    group.add_argument("--split", type=str, default="train", help="The dataset split to train on.")
+    group.add_argument(
+        "--resolution", type=int, default=32,
+        help="Images are resized to resolution x resolution (the tutorial's 32). Must suit the UNet's levels.",
+    )  # fmt: skip
+    group.add_argument(
+        "--channels", type=int, default=None, choices=(1, 3),
+        help="Force 1 (grayscale) or 3 (RGB) channels. Default: what the data holds (the majority mode).",
+    )  # fmt: skip
+    group.add_argument(
+        "--center_crop", action="store_true",
+        help="Resize the shorter side then crop the center square, keeping the aspect ratio. Default: resize the "
+        "whole image to a square, as the tutorial does.",
+    )  # fmt: skip
+    group.add_argument(
+        "--random_flip", action="store_true",
+        help="Mirror images left-right at random while training. Off by default: flipped digits are wrong digits.",
+    )  # fmt: skip
+    group.add_argument(
+        "--cache_dir", type=str, default=None,
+        help="Where downloaded datasets and decoded image tensors are cached (default: ~/.cache/ddpmkit).",
+    )  # fmt: skip
+    group.add_argument(
+        "--max_train_samples", type=int, default=None,
+        help="Keep only the first N images (for debugging or quick runs).",
+    )  # fmt: skip
+    return parser
+
+
+def dataset_from_args(args: argparse.Namespace) -> ImageTensorDataset:
+    """Loads the dataset the flags of :func:`add_dataset_args` describe."""
+    return load_image_dataset(
+        dataset=args.dataset,
+        dataset_name=args.dataset_name,
+        dataset_config_name=args.dataset_config_name,
+        train_data_dir=args.train_data_dir,
+        train_data_files=args.train_data_files,
+        image_column=args.image_column,
+        label_column=args.label_column,
+        split=args.split,
+        resolution=args.resolution,
+        channels=args.channels,
+        center_crop=args.center_crop,
+        cache_dir=args.cache_dir,
+        max_train_samples=args.max_train_samples,
+    )
+
+
+def check_dataset_args(
+    dataset: str | None = None,
+    dataset_name: str | None = None,
+    train_data_dir: str | os.PathLike | None = None,
+    train_data_files: list[str] | str | None = None,
+    resolution: int = 32,
+    channels: int | None = None,
+    max_train_samples: int | None = None,
+) -> None:
+    """Checks the data options without reading any data; raises ``ValueError`` naming the bad value and the fix."""
+    if dataset is not None and dataset not in DATASET_PRESETS:
+        raise ValueError(
+            f"unknown dataset {dataset!r}; use one of {', '.join(DATASET_PRESETS)}, or --dataset_name <hub id>, "
+            "--train_data_dir <folder> or --train_data_files <file.parquet>"
+        )
+    if dataset_name is not None and dataset is not None:
+        raise ValueError(f"give --dataset {dataset} or --dataset_name {dataset_name}, not both")
+    if train_data_dir is not None and (dataset_name is not None or train_data_files is not None):
+        raise ValueError("--train_data_dir reads a folder of images; do not combine it with --dataset_name or files")
+    if train_data_files is not None and dataset_name is not None:
+        raise ValueError("--train_data_files reads local files; do not combine it with --dataset_name")
+    if dataset is None and dataset_name is None and train_data_dir is None and train_data_files is None:
+        raise ValueError(
+            "no training data given; pass --dataset mnist (or fashion_mnist, cifar10, flowers102), "
+            "--dataset_name <hub id>, --train_data_dir <folder of images> or --train_data_files <file.parquet>"
+        )
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or not 1 <= resolution <= MAX_RESOLUTION:
+        raise ValueError(f"resolution must be an integer between 1 and {MAX_RESOLUTION}, got {resolution!r}")
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+    if max_train_samples is not None and max_train_samples < 1:
+        raise ValueError(f"max_train_samples must be at least 1, got {max_train_samples}")
+
+
+def load_image_dataset(
+    dataset: str | None = None,
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_data_dir: str | os.PathLike | None = None,
+    train_data_files: list[str] | str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    split: str = "train",
+    resolution: int = 32,
+    channels: int | None = None,
+    center_crop: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    max_train_samples: int | None = None,
+) -> ImageTensorDataset:
+    """Loads images from a preset, a Hub dataset, local Parquet/Arrow files or a folder, decoded once and cached.
+
+    Args:
+        dataset: a key of :data:`DATASET_PRESETS`; with ``train_data_files``, gives the columns of a local copy.
+        dataset_name, dataset_config_name: any Hub dataset (downloaded and cached by ``datasets``).
+        train_data_dir: a folder of image files, searched recursively; class subfolders give labels.
+        train_data_files: local ``.parquet``/``.arrow`` files with an image column.
+        image_column, label_column: override the preset's (or default ``image``/``img``) columns.
+        split: the split to read.
+        resolution: output height and width.
+        channels: 1 or 3 to force grayscale or RGB; ``None`` keeps the data's majority mode.
+        center_crop: resize the shorter side and crop the center, instead of squashing to a square.
+        cache_dir: cache of downloads and of the decoded tensor (default ``~/.cache/ddpmkit``).
+        max_train_samples: keep only the first ``N`` images.
+    """
+    if isinstance(train_data_files, (str, os.PathLike)):
+        train_data_files = [str(train_data_files)]
+    check_dataset_args(dataset, dataset_name, train_data_dir, train_data_files, resolution, channels, max_train_samples)
+    cache_root = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+    preset = DATASET_PRESETS.get(dataset) if dataset else None
+    if preset is not None:
+        image_column = image_column or preset.image_column
+        label_column = label_column or preset.label_column
+        if train_data_files is None and train_data_dir is None:
+            dataset_name, dataset_config_name = preset.hub_id, dataset_config_name or preset.config_name
+
+    # 1. where the images come from, and a cache key for it
+    if train_data_dir is not None:
+        folder = Path(train_data_dir)
+        files = _list_image_files(folder)
+        source = f"folder {folder}"
+        identity = {"folder": str(folder.resolve()), "files": _file_stamps(files)}
+    elif train_data_files is not None:
+        paths = [Path(p) for p in train_data_files]
+        for path in paths:
+            if not path.is_file():
+                raise ValueError(f"train data file {str(path)!r} does not exist; check the path")
+        source = ", ".join(str(p) for p in paths)
+        identity = {"files": _file_stamps(paths)}
+    else:
+        source = f"{dataset_name}" + (f" ({dataset_config_name})" if dataset_config_name else "")
+        identity = {"hub": dataset_name, "config": dataset_config_name}
+    options = {
+        "format": CACHE_FORMAT_VERSION, "source": identity, "split": split, "image_column": image_column,
+        "label_column": label_column, "resolution": resolution, "channels": channels, "center_crop": center_crop,
+        "max_train_samples": max_train_samples,
+    }  # fmt: skip
+    key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:20]
+    cache_file = cache_root / "images" / f"{key}.safetensors"
+    cached = _read_cache(cache_file)
+    if cached is not None:
+        logger.info("Loaded %d decoded images from the cache %s", cached[0].shape[0], cache_file)
+        return ImageTensorDataset(cached[0], cached[1], source=source)
+
+    # 2. the encoded images (bytes or paths) and labels
+    if train_data_dir is not None:
+        encoded, labels = _folder_records(folder, files)
+    else:
+        encoded, labels = _table_records(
+            train_data_files, dataset_name, dataset_config_name, split, image_column, label_column, cache_root, source
+        )
+    if max_train_samples is not None:
+        encoded = encoded[:max_train_samples]
+        labels = None if labels is None else labels[:max_train_samples]
+
+    # 3. decode once into (N, C, H, W) uint8
+    images, keep = decode_images(encoded, resolution, channels, center_crop, source)
+    if labels is not None:
+        labels = torch.as_tensor(np.asarray(labels, dtype=np.int64)[keep])
+    _write_cache(cache_file, images, labels, source)
+    return ImageTensorDataset(images, labels, source=source)
+
+
+def decode_images(
+    encoded: list, resolution: int, channels: int | None = None, center_crop: bool = False, source: str = "data"
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Decodes images given as bytes, paths or PIL images into ``(N, C, resolution, resolution)`` uint8.
+
+    Unreadable images are skipped and counted with a warning (a ``ValueError`` if none is readable). Returns the
+    tensor and the indices of the images kept."""
+    if not encoded:
+        raise ValueError(f"{source} holds no images; check the path, split or --max_train_samples")
+
+    # 1. open headers only, to learn each image's mode without decoding pixels
+    opened, bad = [], []
+    for index, item in enumerate(encoded):
+        try:
+            opened.append((index, _open_image(item)))
+        except (OSError, ValueError, PIL.Image.DecompressionBombError) as error:
+            bad.append((index, error))
+
+    # 2. the channel count: forced, else the majority of the modes
+    if channels is None:
+        kinds = Counter(1 if image.mode in GRAYSCALE_MODES else 3 for _, image in opened)
+        channels = 3 if kinds[3] > kinds[1] else 1
+        if len(kinds) > 1:
+            message = (
+                f"{source} mixes {kinds[1]} grayscale and {kinds[3]} color images; converting all to "
+                f"{'RGB' if channels == 3 else 'grayscale'} (pass --channels 1 or 3 to choose)"
+            )
+            warnings.warn(message, stacklevel=2)
+            logger.warning(message)
+    mode = "RGB" if channels == 3 else "L"
+
+    # 3. decode, convert and resize
+    out = np.empty((len(opened), resolution, resolution, channels), dtype=np.uint8)
+    keep = []
+    for index, image in opened:
+        try:
+            array = np.asarray(_resize(_convert(image, mode), resolution, center_crop))
+        except (OSError, ValueError, PIL.Image.DecompressionBombError) as error:
+            bad.append((index, error))
+            continue
+        out[len(keep)] = array.reshape(resolution, resolution, channels)
+        keep.append(index)
+    if not keep:
+        first = bad[0][1] if bad else "no data"
+        raise ValueError(
+            f"none of the {len(encoded)} images in {source} could be read (first error: {first}); "
+            "check that the files are images"
+        )
+    if bad:
+        message = (
+            f"skipped {len(bad)} unreadable image(s) of {len(encoded)} in {source} "
+            f"(e.g. #{bad[0][0]}: {bad[0][1]}); training on the other {len(keep)}"
+        )
+        warnings.warn(message, stacklevel=2)
+        logger.warning(message)
+    images = torch.from_numpy(out[: len(keep)]).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
+    return images, np.asarray(keep, dtype=np.int64)
+
+
+def save_preview_grid(
+    dataset: ImageTensorDataset, path: str | os.PathLike, nrow: int = 10, seed: int = 0
+) -> PIL.Image.Image:
+    """Saves the tutorial's grid of random training images (``nrow x nrow``, fewer if the data is smaller)."""
+    from diffusers.utils import make_image_grid
+
+    from .training import atomic_save_image
+
+    count = min(nrow * nrow, len(dataset))
+    generator = torch.Generator().manual_seed(seed)
+    indices = torch.randperm(len(dataset), generator=generator)[:count]
+    images = [dataset.to_pil(int(i)) for i in indices]
+    cols = min(nrow, count)
+    rows = -(-count // cols)
+    images += [PIL.Image.new(images[0].mode, images[0].size)] * (rows * cols - count)
+    grid = make_image_grid(images, rows=rows, cols=cols)
+    atomic_save_image(grid, path)
+    return grid
+
+
+# --- sources --------------------------------------------------------------------------------------------------------
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("DDPMKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")), "ddpmkit"
+    )
+    return Path(base)
+
+
+def _list_image_files(folder: Path) -> list[Path]:
+    if not folder.exists():
+        raise ValueError(f"train_data_dir {str(folder)!r} does not exist; check the path")
+    if not folder.is_dir():
+        raise ValueError(f"train_data_dir {str(folder)!r} is not a folder; pass the folder that holds the images")
+    files = sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.parts)
+    )  # fmt: skip
+    if not files:
+        raise ValueError(
+            f"train_data_dir {str(folder)!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)}); "
+            "add images or point to the right folder"
+        )
+    return files
+
+
+def _file_stamps(paths: list[Path]) -> list:
+    stamps = []
+    for path in paths:
+        stat = path.stat()
+        stamps.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+    return stamps
+
+
+def _folder_records(folder: Path, files: list[Path]) -> tuple[list, list[int] | None]:
+    classes = sorted({f.relative_to(folder).parts[0] for f in files if len(f.relative_to(folder).parts) > 1})
+    if len(classes) < 2 or any(len(f.relative_to(folder).parts) == 1 for f in files):
+        return list(files), None
+    index = {name: i for i, name in enumerate(classes)}
+    return list(files), [index[f.relative_to(folder).parts[0]] for f in files]
+
+
+def _table_records(
+    data_files, dataset_name, config_name, split, image_column, label_column, cache_root: Path, source: str
+) -> tuple[list, list[int] | None]:
+    import datasets
+
+    if data_files is not None:
+        suffixes = {Path(f).suffix.lower() for f in data_files}
+        builders = {DATA_FILE_BUILDERS.get(s) for s in suffixes}
+        if None in builders or len(builders) != 1:
+            raise ValueError(
+                f"train_data_files must all be .parquet or all .arrow files, got {sorted(suffixes)}; "
+                "for a folder of images use --train_data_dir"
+            )
+        builder = builders.pop()
+        files = {split: [str(Path(f).resolve()) for f in data_files]}
+        ds = datasets.load_dataset(builder, data_files=files, split=split, cache_dir=str(cache_root / "hf"))
+    else:
+        try:
+            ds = datasets.load_dataset(dataset_name, config_name, split=split, cache_dir=str(cache_root / "hf"))
+        except FileNotFoundError as error:
+            raise ValueError(
+                f"dataset {dataset_name!r} was not found ({error}); check the Hub id, or use --train_data_files "
+                "for local files"
+            ) from error
+
+    # 1. find the image column
+    image_columns = [name for name, f in ds.features.items() if isinstance(f, datasets.Image)]
+    if image_column is None:
+        if len(image_columns) != 1:
+            raise ValueError(
+                f"{source} has {len(image_columns) or 'no'} image columns {image_columns} among {list(ds.features)}; "
+                "name one with --image_column"
+            )
+        image_column = image_columns[0]
+    if image_column not in ds.features:
+        raise ValueError(
+            f"image column {image_column!r} is not in {source} (columns: {list(ds.features)}); "
+            f"pass --image_column {image_columns[0] if image_columns else '<column>'}"
+        )
+    if not isinstance(ds.features[image_column], datasets.Image):
+        hint = f"pass --image_column {image_columns[0]}" if image_columns else "it holds no image column"
+        raise ValueError(
+            f"column {image_column!r} of {source} is not an image column (it is {ds.features[image_column]}); {hint}"
+        )
+
+    # 2. labels, if any
+    if label_column is not None and label_column not in ds.features:
+        raise ValueError(
+            f"label column {label_column!r} is not in {source} (columns: {list(ds.features)}); "
+            "fix --label_column or leave it out"
+        )
+    ds = ds.cast_column(image_column, datasets.Image(decode=False))
+    table = ds.with_format("arrow")[:]
+    encoded = table[image_column].to_pylist()
+    labels = None
+    if label_column is not None:
+        labels = table[label_column].to_pylist()
+        if any(not isinstance(v, int) or isinstance(v, bool) for v in labels):
+            raise ValueError(f"label column {label_column!r} of {source} does not hold integers; fix --label_column")
+    return encoded, labels
+
+
+# --- decoding -------------------------------------------------------------------------------------------------------
+
+
+def _open_image(item) -> PIL.Image.Image:
+    if isinstance(item, PIL.Image.Image):
+        return item
+    if isinstance(item, dict):
+        if item.get("bytes") is not None:
+            return PIL.Image.open(io.BytesIO(item["bytes"]))
+        if item.get("path"):
+            return PIL.Image.open(item["path"])
+        raise ValueError("image entry holds neither bytes nor a path")
+    if isinstance(item, (bytes, bytearray)):
+        return PIL.Image.open(io.BytesIO(item))
+    if isinstance(item, (str, os.PathLike)):
+        return PIL.Image.open(item)
+    raise ValueError(f"cannot read an image from a {type(item).__name__}")
+
+
+def _convert(image: PIL.Image.Image, mode: str) -> PIL.Image.Image:
+    if image.mode == mode:
+        image.load()
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # composite transparent images on white, as they are usually shown, not on black
+        rgba = image.convert("RGBA")
+        background = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = PIL.Image.alpha_composite(background, rgba)
+    if image.mode.startswith("I") or image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        high = 65535.0 if array.max() > 255 else 255.0
+        image = PIL.Image.fromarray(np.clip(array * (255.0 / high), 0, 255).astype(np.uint8), "L")
+    return image.convert(mode)
+
+
+def _resize(image: PIL.Image.Image, resolution: int, center_crop: bool) -> PIL.Image.Image:
+    width, height = image.size
+    if center_crop:
+        scale = resolution / min(width, height)
+        size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+        if size != image.size:
+            image = image.resize(size, PIL.Image.BICUBIC)
+        left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+        return image.crop((left, top, left + resolution, top + resolution))
+    if image.size != (resolution, resolution):
+        image = image.resize((resolution, resolution), PIL.Image.BICUBIC)
+    return image
+
+
+# --- cache ----------------------------------------------------------------------------------------------------------
+
+
+def _read_cache(path: Path) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    if not path.is_file():
+        return None
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as error:
+        logger.warning("Ignoring the unreadable image cache %s (%s); decoding again", path, error)
+        return None
+    return tensors["images"], tensors.get("labels")
+
+
+def _write_cache(path: Path, images: torch.Tensor, labels: torch.Tensor | None, source: str) -> None:
+    from safetensors.torch import save
+
+    from .training import atomic_write_bytes
+
+    tensors = {"images": images} if labels is None else {"images": images, "labels": labels}
+    try:
+        atomic_write_bytes(path, save(tensors, metadata={"source": source[:500]}))
+    except OSError as error:  # a cache that cannot be written costs time, not correctness
+        logger.warning("Could not write the image cache %s (%s); the next run decodes again", path, error)
