@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import re
 import secrets
 import struct
 import sys
@@ -417,7 +418,7 @@ def run_info(args: argparse.Namespace) -> int:
             info["components"][name] = entry
         card = root / "README.md"
         if card.is_file():
-            info["card"] = _card_metadata(card)
+            info["card"] = _card_summary(card)
     except (ValueError, OSError) as e:
         raise UsageError(_one_line(e)) from None
     if args.json:
@@ -437,9 +438,15 @@ def run_info(args: argparse.Namespace) -> int:
         for key, value in entry["config"].items():
             print(f"{'':<11}   {key} = {json.dumps(value)}")
     if "card" in info:
-        print("card        README.md" + ("" if info["card"] else " (no metadata)"))
-        for key, value in (info["card"] or {}).items():
-            print(f"{'':<11}   {key} = {json.dumps(value, default=str)}")
+        print("card        README.md" + ("" if info["card"] else " (no training metadata)"))
+        for section, values in info["card"].items():
+            if not isinstance(values, dict):
+                print(f"{'':<11} {section}: {values}")
+                continue
+            print(f"{'':<11} {section}:")
+            for key, value in values.items():
+                shown = value if isinstance(value, str) else json.dumps(value, default=str)
+                print(f"{'':<11}   {key} = {shown}")
     return 0
 
 
@@ -470,14 +477,44 @@ def _safetensors_summary(path: Path) -> dict:
     return {"file": path.name, "bytes": size, "tensors": len(tensors), "parameters": parameters, "dtypes": dtypes}
 
 
-def _card_metadata(path: Path) -> dict:
-    """The YAML metadata block of a model card, ``{}`` when it has none."""
+def _card_summary(path: Path) -> dict:
+    """What a model card (README.md) says about training: its YAML metadata, the training command, and the
+    two-column tables (hyperparameters, metrics) under their headings."""
     from huggingface_hub.repocard import metadata_load
 
+    summary: dict = {}
     try:
-        return metadata_load(path) or {}
+        metadata = metadata_load(path) or {}
     except Exception as e:  # a broken card must not hide the rest of the folder's description
-        return {"unreadable": f"{type(e).__name__}: {_one_line(e)}"}
+        metadata = {"unreadable": f"{type(e).__name__}: {_one_line(e)}"}
+    if metadata:
+        summary["metadata"] = metadata
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if text.startswith("---"):
+        text = text.split("\n---", 1)[-1]
+    heading, in_code, table_header = None, False, False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("```"):
+            in_code = not in_code
+            continue
+        if in_code:
+            if heading and "train" in heading.lower() and stripped:
+                summary["training command"] = " ".join(filter(None, [summary.get("training command"), stripped]))
+            continue
+        if stripped.startswith("#"):
+            heading, table_header = stripped.lstrip("#").strip(), True
+            continue
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", stripped.strip("|"))] if stripped.startswith("|") else []
+        if len(cells) != 2 or heading is None:
+            continue
+        if set("".join(cells)) <= set("-: "):
+            continue
+        if table_header:  # the table's first row names its columns
+            table_header = False
+            continue
+        summary.setdefault(heading, {})[cells[0]] = cells[1].replace("\\|", "|")
+    return summary
 
 
 # -- the command -------------------------------------------------------------------------------------------------
@@ -511,7 +548,10 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the ``ddpmkit`` command with ``argv`` (default: ``sys.argv[1:]``) and returns its exit code."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            prog = f"ddpmkit {args.command}" if args.command else "ddpmkit"
+            raise UsageError(f"{prog}: error: unrecognized arguments: {' '.join(unknown)}; see `{prog} --help`")
     except SystemExit as e:  # --help and --version
         return e.code if isinstance(e.code, int) else 0
     except UsageError as e:
@@ -651,6 +691,8 @@ def _check_output_file(path: str, suffixes: tuple[str, ...] | None = None) -> Pa
     import PIL.Image
 
     out = Path(path).expanduser()
+    if out.is_dir():
+        raise UsageError(f"{path} is a folder; name a file to write")
     suffix = out.suffix.lower()
     allowed = suffixes or tuple(ext for ext, fmt in PIL.Image.registered_extensions().items() if fmt in PIL.Image.SAVE)
     if suffix not in allowed:
@@ -658,8 +700,6 @@ def _check_output_file(path: str, suffixes: tuple[str, ...] | None = None) -> Pa
             f"cannot tell the image format of {path!r} from its extension; name it with one of "
             f"{', '.join(a for a in ('.png', '.gif', '.jpg', '.webp') if a in allowed) or ', '.join(allowed)}"
         )
-    if out.is_dir():
-        raise UsageError(f"{path} is a folder; name a file to write")
     _check_output_dir(out.parent, label=f"the folder of {path}")
     return out
 
