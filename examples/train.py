@@ -296,7 +296,6 @@ def _train(args: argparse.Namespace, accelerator, output_dir: Path) -> Path:
         "seed": args.seed,
         "use_ema": args.use_ema,
     }
-    check_output_dir_model(output_dir, config)
     if checkpoint is not None:
         saved = check_checkpoint_compatible(checkpoint, meta)
         changed = [k for k in ("train_batch_size", "gradient_accumulation_steps", "num_processes", "seed", "use_ema")
@@ -305,6 +304,7 @@ def _train(args: argparse.Namespace, accelerator, output_dir: Path) -> Path:
             raise ValueError(f"checkpoint {checkpoint} was trained with use_ema={saved.get('use_ema')}; pass the same")
         if changed:
             logger.warning("Resuming with different %s than %s: the run continues but not exactly", changed, checkpoint)
+    check_output_dir_model(output_dir, config)
 
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     steps_per_epoch = len(dataset) // total_batch
@@ -402,7 +402,7 @@ def _train(args: argparse.Namespace, accelerator, output_dir: Path) -> Path:
                 accelerator.log(
                     {"loss": mean_loss, "lr": lr, "images_per_s": speed, "epoch": step / steps_per_epoch}, step=step
                 )
-        if checkpoint_now and step < max_train_steps:
+        if checkpoint_now:
             path = save_checkpoint(accelerator, output_dir, step, meta, args.checkpoints_total_limit)
             logger.info("Saved %s", path)
         if images_now and step < max_train_steps:
@@ -502,6 +502,7 @@ def _configure_logging(accelerator) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
         level=logging.INFO if accelerator.is_main_process else logging.ERROR, force=True,
     )  # fmt: skip
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # its per-file checkpoint lines drown the progress
     if not accelerator.is_main_process:
         datasets.utils.logging.set_verbosity_error()
         diffusers.utils.logging.set_verbosity_error()

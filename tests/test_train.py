@@ -1,0 +1,341 @@
+"""Tests of examples/train.py and ddpmkit.training: tiny models, a few steps each."""
+
+import errno
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from helpers_train import (
+    ROOT,
+    TRAIN_SCRIPT,
+    load_train_module,
+    make_parquet,
+    run_train,
+    tiny_model_config,
+    train_argv,
+    unet_weights,
+)
+
+from ddpmkit import DDPMPipeline
+from ddpmkit.training import (
+    EMAModel,
+    LossMonitor,
+    NonFiniteLossError,
+    OutputDirLock,
+    TrainingError,
+    atomic_write_bytes,
+    build_lr_scheduler,
+    list_checkpoints,
+    lr_lambda,
+    micro_batch_indices,
+)
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    return make_parquet(tmp_path / "data" / "train.parquet", n=32)
+
+
+@pytest.fixture
+def model_config(tmp_path):
+    return tiny_model_config(tmp_path)
+
+
+def _subprocess_env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "tests"), TOKENIZERS_PARALLELISM="false")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+# --- pieces ---------------------------------------------------------------------------------------------------------
+
+
+def test_lr_warmup_then_cosine_to_floor():
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = build_lr_scheduler(optimizer, "cosine", warmup_steps=4, total_steps=20, lr_min=1e-6)
+    lrs = []
+    for _ in range(20):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    lrs.append(scheduler.get_last_lr()[0])
+    assert all(a < b for a, b in zip(lrs[:4], lrs[1:5]))  # warmup rises
+    assert lrs[4] == pytest.approx(1e-3)  # peak after warmup
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))  # then decays
+    assert lrs[-1] == pytest.approx(1e-6)  # to the floor, as CosineAnnealingLR(eta_min=1e-6)
+    halfway = lr_lambda(12, 4, 20, "cosine", 0.0)
+    assert halfway == pytest.approx(0.5)
+
+
+def test_ema_follows_the_diffusers_decay_and_round_trips():
+    model = torch.nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    ema = EMAModel(model, max_decay=0.999, inv_gamma=1.0, power=0.75)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.step(model)  # decay 0 at the first step: copies the weights
+    assert torch.equal(ema.shadow[0], torch.ones(1, 3))
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    ema.step(model)
+    decay = 1 - (1 + 1) ** -0.75
+    assert ema.shadow[0][0, 0].item() == pytest.approx(decay * 1 + (1 - decay) * 2)
+    restored = EMAModel(model)
+    restored.load_state_dict(ema.state_dict())
+    assert torch.equal(restored.shadow[0], ema.shadow[0]) and restored.optimization_step == 2
+    target = torch.nn.Linear(3, 1, bias=False)
+    restored.copy_to(target)
+    assert torch.equal(target.weight, ema.shadow[0])
+    with pytest.raises(ValueError, match="same --model_config"):
+        EMAModel(torch.nn.Linear(4, 1)).load_state_dict(ema.state_dict())
+
+
+def test_micro_batches_partition_each_step_across_processes_and_accumulation():
+    permutation = torch.randperm(100, generator=torch.Generator().manual_seed(0))
+    seen = []
+    for micro in range(2):
+        for rank in range(3):
+            seen.append(micro_batch_indices(permutation, 1, micro, rank, 4, num_processes=3, accumulation_steps=2))
+    seen = torch.cat(seen)
+    assert torch.equal(seen.sort().values, permutation[24:48].sort().values)  # step 1: the next 24, no overlap
+
+
+def test_loss_monitor_syncs_rarely_and_names_the_bad_step():
+    monitor = LossMonitor()
+    for step, value in enumerate([1.0, 3.0], start=1):
+        monitor.add(step, torch.tensor(value))
+    assert monitor.flush() == pytest.approx(2.0)
+    for step, value in enumerate([1.0, math.inf, math.nan], start=3):
+        monitor.add(step, torch.tensor(value))
+    with pytest.raises(NonFiniteLossError, match="at step 4") as info:
+        monitor.flush(lr=1e-3)
+    assert info.value.step == 4
+
+
+def test_atomic_write_keeps_the_old_file_on_a_full_disk(tmp_path, monkeypatch):
+    import ddpmkit.training as training
+
+    path = tmp_path / "model_index.json"
+    atomic_write_bytes(path, b"old")
+
+    def full_disk(target, data):
+        with open(target, "wb") as f:
+            f.write(data[:1])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(training, "_write_file", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        atomic_write_bytes(path, b"new contents")
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model_index.json"]  # no temporary file left behind
+
+
+def test_output_dir_lock_refuses_a_second_run_and_frees_a_crashed_one(tmp_path):
+    with OutputDirLock(tmp_path):
+        with pytest.raises(TrainingError, match="in use by another training run"):
+            OutputDirLock(tmp_path).acquire()
+    # a process that takes the lock and dies without releasing it (forked: no second interpreter start-up)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        OutputDirLock(tmp_path).acquire()
+        os.kill(os.getpid(), signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert (tmp_path / ".ddpmkit.lock").exists()  # the file stays...
+    OutputDirLock(tmp_path).acquire().release()  # ...but the lock does not
+
+
+# --- the script -----------------------------------------------------------------------------------------------------
+
+
+def test_train_writes_a_loadable_pipeline_with_ema_weights_card_samples_and_tensorboard(tmp_path, data_file, model_config):
+    out = tmp_path / "out"
+    argv = train_argv(
+        data_file, out, model_config, "--preview", max_train_steps=4, checkpointing_steps=4, save_images_steps=2,
+        report_to="tensorboard", gradient_accumulation_steps=2, train_batch_size=2,
+    )  # fmt: skip
+    run_train(argv)
+
+    pipe = DDPMPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=2, num_inference_steps=2, generator=torch.manual_seed(0), output_type="np").images
+    assert images.shape == (2, 8, 8, 1)
+    # the saved pipeline holds the EMA weights; the checkpoint keeps raw and EMA
+    saved = unet_weights(out)
+    checkpoint = out / "checkpoint-4"
+    from safetensors.torch import load_file
+
+    raw = load_file(str(checkpoint / "model.safetensors"))
+    ema = torch.load(checkpoint / "custom_checkpoint_2.pkl", weights_only=True)["shadow_params"]
+    names = [name for name, _ in pipe.unet.named_parameters()]  # the EMA's order
+    assert len(names) == len(ema) == len(raw)
+    assert all(torch.equal(saved[n], e) for n, e in zip(names, ema))
+    assert any(not torch.equal(saved[n], raw[n]) for n in names)
+    # model card, samples, preview, TensorBoard scalars and images
+    card = (out / "README.md").read_text()
+    assert "library_name: ddpmkit" in card and "ylecun/mnist" in card and "![samples](samples.png)" in card
+    assert "--gradient_accumulation_steps 2" in card or "gradient_accumulation_steps" in card
+    assert (out / "samples.png").is_file() and (out / "samples" / "step-0000002.png").is_file()
+    import PIL.Image
+
+    assert PIL.Image.open(out / "preview.png").size == (80, 32)  # 32 images of 8 x 8: 10 per row, 4 rows
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = [p for p in (out / "logs").rglob("events.out.tfevents.*")]
+    tags = {"scalars": set(), "images": set()}
+    for event in events:
+        acc = EventAccumulator(str(event)).Reload().Tags()
+        tags["scalars"] |= set(acc["scalars"])
+        tags["images"] |= set(acc["images"])
+    assert {"loss", "lr", "images_per_s"} <= tags["scalars"] and "samples" in tags["images"]
+    assert not (out / ".ddpmkit.lock").exists()
+
+
+def test_num_epochs_bf16_and_checkpoint_limit(tmp_path, data_file, model_config):
+    out = tmp_path / "out"
+    # 32 images, batch 4: 8 steps per epoch; 2 epochs = 16 steps
+    argv = train_argv(data_file, out, model_config, max_train_steps=None, num_epochs=2, checkpointing_steps=4,
+                      checkpoints_total_limit=2, mixed_precision="bf16", logging_steps=4)  # fmt: skip
+    run_train(argv)
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-12", "checkpoint-16"]
+    assert json.loads((out / "training_args.json").read_text())["max_train_steps"] == 16
+    assert torch.isfinite(torch.cat([w.flatten() for w in unet_weights(out).values()])).all()
+
+
+def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(tmp_path, data_file, model_config):
+    flags = dict(max_train_steps=60, checkpointing_steps=5, logging_steps=5)
+    reference = tmp_path / "reference"
+    run_train(train_argv(data_file, reference, model_config, **flags))
+
+    killed = tmp_path / "killed"
+    argv = [sys.executable, str(TRAIN_SCRIPT), *train_argv(data_file, killed, model_config, **flags)]
+    proc = subprocess.Popen(argv, env=_subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoint-10").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    assert not (killed / "model_index.json").exists()  # it died mid-training
+    assert list_checkpoints(killed)
+
+    run_train(train_argv(data_file, killed, model_config, "--resume_from_checkpoint", "latest", **flags))
+    got, want = unet_weights(killed), unet_weights(reference)
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, data_file, model_config, monkeypatch):
+    out = tmp_path / "out"
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if "checkpoint-4" in str(f):
+            with open(f, "wb") as handle:
+                handle.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(TrainingError, match=r"step 4.*disk is full.*checkpoint-2 is intact"):
+        run_train(train_argv(data_file, out, model_config, max_train_steps=6, checkpointing_steps=2))
+    monkeypatch.setattr(torch, "save", real_save)
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]
+    assert not any(p.name.startswith("tmp-") for p in out.iterdir())
+    assert not (out / "model_index.json").exists()
+    # the kept checkpoint resumes
+    run_train(train_argv(data_file, out, model_config, "--resume_from_checkpoint", "latest", max_train_steps=3))
+    assert (out / "model_index.json").is_file()
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+    tmp_path, data_file, model_config, monkeypatch
+):
+    train = load_train_module()
+    real_loss = train.diffusion_loss
+    calls = []
+
+    def loss(*args, **kwargs):
+        calls.append(1)
+        value = real_loss(*args, **kwargs)
+        return value * float("nan") if len(calls) >= 5 else value
+
+    monkeypatch.setattr(train, "diffusion_loss", loss)
+    out = tmp_path / "out"
+    with pytest.raises(NonFiniteLossError, match="loss became nan at step 5") as info:
+        run_train(train_argv(data_file, out, model_config, max_train_steps=8, checkpointing_steps=4, logging_steps=3))
+    assert info.value.step == 5
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-4"]
+    assert not (out / "model_index.json").exists()
+    weights = torch.load(out / "checkpoint-4" / "custom_checkpoint_2.pkl", weights_only=True)["shadow_params"]
+    assert all(torch.isfinite(w).all() for w in weights)
+
+
+def test_second_run_on_a_locked_output_dir_refuses(tmp_path, data_file, model_config, capsys):
+    train = load_train_module()
+    out = tmp_path / "out"
+    with OutputDirLock(out):
+        code = train.cli(train_argv(data_file, out, model_config))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "in use by another training run" in err[0]
+    assert not (out / "model_index.json").exists()
+
+
+def test_checkpoint_from_a_different_config_is_refused_before_training(tmp_path, data_file, model_config):
+    out = tmp_path / "out"
+    run_train(train_argv(data_file, out, model_config, max_train_steps=2, checkpointing_steps=2))
+    other = tiny_model_config(tmp_path / "other", block_out_channels=[8, 8])
+    with pytest.raises(ValueError, match="different unet config.*block_out_channels"):
+        run_train(train_argv(data_file, out, other, "--resume_from_checkpoint", "latest", max_train_steps=4))
+    with pytest.raises(ValueError, match="already holds a different model"):
+        run_train(train_argv(data_file, out, other, max_train_steps=4))
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]  # nothing trained or overwritten
+    assert unet_weights(out)["conv_out.weight"].shape[1] == 8
+
+
+def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, data_file, model_config, capsys):
+    train = load_train_module()
+    cases = [
+        (train_argv(data_file, tmp_path / "a", model_config, resolution=7), "resize the images to 8"),
+        (train_argv(data_file, tmp_path / "b", "tiny", resolution=6), "--resolution 8"),
+        (train_argv(data_file, tmp_path / "c", model_config, dataset="imagenet"), "unknown dataset 'imagenet'"),
+        (train_argv(data_file, tmp_path / "d", model_config, mixed_precision="fp16", cpu=None) + ["--cpu"], "bf16"),
+        (train_argv(tmp_path / "missing.parquet", tmp_path / "e", model_config), "does not exist"),
+        (train_argv(data_file, tmp_path / "f", model_config, train_batch_size=64), "fewer than one step's 64"),
+        (train_argv(data_file, tmp_path / "g", "huge"), "unknown --model_config 'huge'"),
+    ]
+    for argv, message in cases:
+        assert train.cli(argv) == 2, message
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, err[-2000:]
+    assert not (tmp_path / "a").exists()  # refused before anything was written
+
+
+def test_two_processes_write_one_folder_with_equal_ema(tmp_path, data_file, model_config):
+    out = tmp_path / "out"
+    argv = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(TRAIN_SCRIPT),
+        *train_argv(data_file, out, model_config, max_train_steps=4, checkpointing_steps=2),
+    ]  # fmt: skip
+    result = subprocess.run(argv, env=_subprocess_env(), capture_output=True, text=True, timeout=300)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    assert "on 2 process(es)" in log
+    assert log.count("EMA weights identical on all 2 processes") == 1
+    assert log.count("Training finished") == 1 and log.count("Training data:") == 1
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
+    assert {p.name for p in (out / "checkpoint-2").glob("random_states_*")} == {
+        "random_states_0.pkl", "random_states_1.pkl",
+    }  # fmt: skip
+    DDPMPipeline.from_pretrained(out)
