@@ -113,27 +113,33 @@ def test_sample_images_depend_on_seed_not_on_batch_size(capsys, model_dir, tmp_p
             "--seed", seed, "--steps", 4, "--out", tmp_path / f"{name}.png", "--out_dir", tmp_path / name, "--quiet",
         )  # fmt: skip
         assert code == 0
+
+    def differ(run_a: str, seed_a: int, run_b: str, seed_b: int) -> int:
+        a, b = (pixels(tmp_path / r / f"ddpm4_seed{s}.png") for r, s in ((run_a, seed_a), (run_b, seed_b)))
+        return np.abs(a - b).max()
+
     for s in (3, 4, 5, 6):
         # same seed, batch of 1 vs batch of 4: the same image up to float rounding (at most one grey level)
-        assert np.abs(pixels(tmp_path / "a" / f"ddpm4_seed{s}.png") - pixels(tmp_path / "b" / f"ddpm4_seed{s}.png")).max() <= 1
+        assert differ("a", s, "b", s) <= 1
     for s in (5, 6):  # image 2 of seed 3 is image 0 of seed 5
-        assert np.abs(pixels(tmp_path / "a" / f"ddpm4_seed{s}.png") - pixels(tmp_path / "c" / f"ddpm4_seed{s}.png")).max() <= 1
-    assert np.abs(pixels(tmp_path / "a" / "ddpm4_seed3.png") - pixels(tmp_path / "a" / "ddpm4_seed4.png")).max() > 10
+        assert differ("a", s, "c", s) <= 1
+    assert differ("a", 3, "a", 4) > 10
 
 
 def test_sample_out_dir_is_never_overwritten_without_overwrite(capsys, model_dir, tmp_path):
-    args = ["sample", "--model", model_dir, "--num_images", 2, "--steps", 2, "--seed", 0, "--quiet"]
-    args += ["--out", tmp_path / "grid.png", "--out_dir", tmp_path / "images"]
-    assert run(capsys, *args)[0] == 0
+    args = ["sample", "--model", model_dir, "--num_images", 2, "--steps", 2, "--quiet"]
+    args += ["--out", tmp_path / "grid.png", "--out_dir", tmp_path / "images", "--seed"]
+    assert run(capsys, *args, 0)[0] == 0
     first = tmp_path / "images" / "ddpm2_seed0.png"
     first.write_bytes(b"not replaced")
-    code, _, err = run(capsys, *args)
+    code, _, err = run(capsys, *args, 0)
     assert_usage_error(code, err, "already holds ddpm2_seed0.png and 1 more", "--overwrite")
     assert first.read_bytes() == b"not replaced"
-    # another seed adds files beside the old ones
-    assert run(capsys, *args[:-4], "--seed", 2, "--out", tmp_path / "grid.png", "--out_dir", tmp_path / "images")[0] == 0
+    code, _, err = run(capsys, *args, 1)  # overlaps in seed 1
+    assert_usage_error(code, err, "already holds ddpm2_seed1.png;")
+    assert run(capsys, *args, 2)[0] == 0  # another seed adds files beside the old ones
     assert len(list((tmp_path / "images").iterdir())) == 4
-    assert run(capsys, *args, "--overwrite")[0] == 0
+    assert run(capsys, *args, 0, "--overwrite")[0] == 0
     assert first.read_bytes().startswith(b"\x89PNG")
 
 
@@ -412,7 +418,7 @@ def fake_converter(monkeypatch):
     """Stands in for ddpmkit.convert so these tests check the command's wiring, not the conversion."""
     calls = []
 
-    def convert_tutorial_checkpoint(checkpoint_path, output_dir, allow_pickle=False):
+    def convert_tutorial_checkpoint(checkpoint_path, output_dir, allow_pickle=False, sample_size=32):
         calls.append((Path(checkpoint_path), Path(output_dir), allow_pickle))
         if not allow_pickle:
             raise ValueError(f"{checkpoint_path} is a pickle; pass --allow-pickle if you trust it")
@@ -446,3 +452,22 @@ def test_convert_tutorial_bad_arguments(capsys, tmp_path, fake_converter):
     code, _, err = run(capsys, "convert-tutorial", tmp_path / "missing.pt")
     assert_usage_error(code, err, "required: --out")
     assert fake_converter == []
+
+
+def test_convert_tutorial_then_sample_and_info(capsys, tmp_path):
+    import tutorial_reference as tutorial
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = tutorial.UNet(1, channels=(32, 64), time_emb_size=32)
+    save_file(model.state_dict(), tmp_path / "tutorial.safetensors")
+    out = tmp_path / "converted"
+    code, stdout, _ = run(
+        capsys, "convert-tutorial", tmp_path / "tutorial.safetensors", "--out", out, "--sample_size", 8
+    )
+    assert code == 0 and "1 channel(s) 8px" in stdout
+    code, stdout, _ = run(capsys, "info", "--model", out)
+    assert code == 0 and f"{sum(p.numel() for p in model.parameters()):,} parameters" in stdout
+    assert "clip_prev_sample = true" in stdout  # the tutorial's sampler
+    code, _, _ = run(capsys, "sample", "--model", out, "--num_images", 2, "--steps", 3, "--out", "s.png", "--quiet")
+    assert code == 0 and pixels(tmp_path / "s.png").shape == (8 + 4, 2 * 8 + 3 * 2)

@@ -74,7 +74,9 @@ def fake_trajectory(steps: int = 3, batch: int = 2, with_x0: bool = True) -> Den
     return DenoisingTrajectory(list(range(steps)), samples, samples + 0.5 if with_x0 else None)
 
 
-def cell(picture: PIL.Image.Image, row: int, col: int, size: int = 2, padding: int = 1, group: int | None = None) -> int:
+def cell(
+    picture: PIL.Image.Image, row: int, col: int, size: int = 2, padding: int = 1, group: int | None = None
+) -> int:
     top = padding + row * (size + padding) + (row // group if group else 0) * padding
     left = padding + col * (size + padding)
     block = np.asarray(picture)[top : top + size, left : left + size]
@@ -140,7 +142,8 @@ def test_trajectory_picture_from_a_real_pipeline():
     unet = ConvUNet2DModel(sample_size=8, block_out_channels=(8, 16), norm_num_groups=4, time_embedding_dim=8)
     pipe = DDPMPipeline(unet=unet.eval(), scheduler=LinearDDPMScheduler())
     pipe.set_progress_bar_config(disable=True)
-    out = pipe(batch_size=3, num_inference_steps=4, output_type="pt", trajectory_steps=4, generator=torch.manual_seed(0))
+    generator = torch.manual_seed(0)
+    out = pipe(batch_size=3, num_inference_steps=4, output_type="pt", trajectory_steps=4, generator=generator)
     picture = trajectory_picture(out.trajectory, out.images, show_x0=True, padding=0)
     assert picture.size == (5 * 8, 6 * 8)
     # the first column is the pure noise the pipeline started from, the last its output

@@ -120,9 +120,7 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
     )
     _add_model(parser)
     parser.add_argument("--num_images", type=positive_int, default=64, help="images to generate (default: 64)")
-    parser.add_argument(
-        "--batch_size", type=positive_int, default=32, help="images generated at once (default: 32)"
-    )
+    parser.add_argument("--batch_size", type=positive_int, default=32, help="images generated at once (default: 32)")
     _add_sampling(parser)
     parser.add_argument("--out", default="samples.png", help="the grid picture (default: %(default)s)")
     parser.add_argument(
@@ -345,6 +343,12 @@ def add_convert_tutorial_parser(subparsers) -> argparse.ArgumentParser:
         help="the tutorial saved whole pickled models, which can run code when loaded: pass this only for a file "
         "you trust",
     )
+    parser.add_argument(
+        "--sample_size",
+        type=positive_int,
+        default=None,
+        help="the image size the model was trained at (the tutorial's IMG_SIZE; default: 32)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="write into --out even if it is not empty")
     _add_quiet(parser)
     parser.set_defaults(run=run_convert_tutorial)
@@ -369,7 +373,8 @@ def run_convert_tutorial(args: argparse.Namespace) -> int:
     if not os.access(out, os.W_OK):
         raise UsageError(f"--out {out} is not writable")
     try:
-        pipe = convert_tutorial_checkpoint(checkpoint, out, allow_pickle=args.allow_pickle)
+        size = {} if args.sample_size is None else {"sample_size": args.sample_size}
+        pipe = convert_tutorial_checkpoint(checkpoint, out, allow_pickle=args.allow_pickle, **size)
     except (ValueError, OSError) as e:
         raise UsageError(_one_line(e)) from None
     unet = pipe.unet.config
