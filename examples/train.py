@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ddpmkit import ConvUNet2DModel, DDPMPipeline, LinearDDPMScheduler, MODEL_PRESETS, model_preset
+from ddpmkit import MODEL_PRESETS, ConvUNet2DModel, DDPMPipeline, LinearDDPMScheduler, model_preset
 from ddpmkit.data import DATASET_PRESETS, add_dataset_args, check_dataset_args, dataset_from_args, save_preview_grid
 from ddpmkit.hub import check_push_args, create_model_card, push_to_hub, save_model_card
 from ddpmkit.training import (
@@ -74,9 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument(
         "--max_train_steps", type=int, default=None, help="Optimizer steps to train; overrides --num_epochs."
     )
-    group.add_argument(
-        "--gradient_accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step."
-    )
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
     group.add_argument("--learning_rate", type=float, default=1e-4, help="Peak learning rate (after warmup).")
     group.add_argument(
         "--lr_scheduler", type=str, default="cosine", choices=("cosine", "linear", "constant"),
@@ -134,12 +132,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--push_to_hub", action="store_true", help="Upload the output folder to the Hub at the end.")
     group.add_argument("--hub_model_id", type=str, default=None, help="The repo, 'user/name' (default: folder name).")
     group.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repo as private.")
-    group.add_argument(
-        "--hub_token", type=str, default=None, help="Hub token; default: HF_TOKEN or the saved login."
-    )
+    group.add_argument("--hub_token", type=str, default=None, help="Hub token; default: HF_TOKEN or the saved login.")
     group.add_argument("--license", type=str, default="apache-2.0", help="License in the model card metadata.")
 
     args = parser.parse_args(argv)
+    args.command_line = _redact(list(sys.argv[1:] if argv is None else argv))
     if args.report_to is None:
         try:
             import tensorboard  # noqa: F401
@@ -193,7 +190,9 @@ def unet_config(args: argparse.Namespace, channels: int) -> dict:
     elif name.endswith(".json") or os.path.sep in name or os.path.exists(name):
         path = Path(name)
         if not path.is_file():
-            raise ValueError(f"model config file {name!r} does not exist; use one of {sorted(MODEL_PRESETS)} or a path")
+            raise ValueError(
+                f"model config file {name!r} does not exist; use one of {sorted(MODEL_PRESETS)} or a path"
+            )
         try:
             config = json.loads(path.read_text())
         except ValueError as error:
@@ -251,7 +250,9 @@ def main(args: argparse.Namespace) -> Path:
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
+        ),
         cpu=args.cpu,
     )
     _configure_logging(accelerator)
@@ -303,7 +304,7 @@ def _train(args: argparse.Namespace, accelerator, output_dir: Path) -> Path:
         if "use_ema" in changed:
             raise ValueError(f"checkpoint {checkpoint} was trained with use_ema={saved.get('use_ema')}; pass the same")
         if changed:
-            logger.warning("Resuming with different %s than %s: the run continues but not exactly", changed, checkpoint)
+            logger.warning("Resuming with other %s than %s: the run goes on, but not exactly", changed, checkpoint)
     check_output_dir_model(output_dir, config)
 
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
@@ -427,13 +428,14 @@ def _train(args: argparse.Namespace, accelerator, output_dir: Path) -> Path:
         card = create_model_card(
             args.hub_model_id or output_dir.name,
             dataset=(DATASET_PRESETS[args.dataset].hub_id if args.dataset else args.dataset_name) or dataset.source,
-            command=["accelerate", "launch", "examples/train.py", *sys.argv[1:]],
+            command=["accelerate", "launch", "examples/train.py", *args.command_line],
             hyperparameters=_card_hyperparameters(args, max_train_steps, total_batch, n_params),
             sample_grid="samples.png",
             license=args.license,
         )
         save_model_card(card, output_dir)
-        atomic_write_json(output_dir / "training_args.json", _tracker_config(args) | {"max_train_steps": max_train_steps})
+        run_args = _tracker_config(args) | {"max_train_steps": max_train_steps}
+        atomic_write_json(output_dir / "training_args.json", run_args)
         logger.info("Training finished: saved the pipeline to %s", output_dir)
         if args.push_to_hub:
             repo = push_to_hub(output_dir, args.hub_model_id or output_dir.name, args.hub_private_repo, args.hub_token)
@@ -483,6 +485,23 @@ def _card_hyperparameters(args, max_train_steps: int, total_batch: int, n_params
             "ema_max_decay", "mixed_precision", "ddpm_num_steps", "prediction_type", "seed")  # fmt: skip
     out = {k: getattr(args, k) for k in keys}
     out.update(max_train_steps=max_train_steps, total_batch_size=total_batch, parameters=f"{n_params / 1e6:.2f}M")
+    return out
+
+
+def _redact(argv: list[str]) -> list[str]:
+    """The command line with the value of ``--hub_token`` hidden, for the model card."""
+    out, hide = [], False
+    for arg in argv:
+        if hide:
+            out.append("REDACTED")
+            hide = False
+        elif arg == "--hub_token":
+            out.append(arg)
+            hide = True
+        elif arg.startswith("--hub_token="):
+            out.append("--hub_token=REDACTED")
+        else:
+            out.append(arg)
     return out
 
 

@@ -42,7 +42,9 @@ def make_parquet(path: Path, n: int = 32, mode: str = "L", size=(8, 8), image_co
     return path
 
 
-def make_png_folder(folder: Path, n: int = 8, mode: str = "RGB", size=(8, 8), classes: list[str] | None = None) -> Path:
+def make_png_folder(
+    folder: Path, n: int = 8, mode: str = "RGB", size=(8, 8), classes: list[str] | None = None
+) -> Path:
     for i in range(n):
         sub = folder / classes[i % len(classes)] if classes else folder
         sub.mkdir(parents=True, exist_ok=True)
@@ -63,7 +65,8 @@ def train_argv(data_file: Path, output_dir: Path, model_config: Path, *extra: st
         "dataset": "mnist", "train_data_files": str(data_file), "resolution": 8, "model_config": str(model_config),
         "output_dir": str(output_dir), "train_batch_size": 4, "max_train_steps": 4, "checkpointing_steps": 1000,
         "save_images_steps": 1000, "ddpm_num_inference_steps": 2, "eval_batch_size": 4, "logging_steps": 2,
-        "lr_warmup_steps": 2, "learning_rate": 1e-3, "report_to": "none", "cache_dir": str(output_dir.parent / "cache"),
+        "lr_warmup_steps": 2, "learning_rate": 1e-3, "report_to": "none",
+        "cache_dir": str(output_dir.parent / "cache"),
     }  # fmt: skip
     base.update(flags)
     argv = []

@@ -66,9 +66,9 @@ def test_lr_warmup_then_cosine_to_floor():
         optimizer.step()
         scheduler.step()
     lrs.append(scheduler.get_last_lr()[0])
-    assert all(a < b for a, b in zip(lrs[:4], lrs[1:5]))  # warmup rises
+    assert all(a < b for a, b in zip(lrs[:4], lrs[1:5], strict=True))  # warmup rises
     assert lrs[4] == pytest.approx(1e-3)  # peak after warmup
-    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))  # then decays
+    assert all(a >= b for a, b in zip(lrs[4:-1], lrs[5:], strict=True))  # then decays
     assert lrs[-1] == pytest.approx(1e-6)  # to the floor, as CosineAnnealingLR(eta_min=1e-6)
     halfway = lr_lambda(12, 4, 20, "cosine", 0.0)
     assert halfway == pytest.approx(0.5)
@@ -156,7 +156,9 @@ def test_output_dir_lock_refuses_a_second_run_and_frees_a_crashed_one(tmp_path):
 # --- the script -----------------------------------------------------------------------------------------------------
 
 
-def test_train_writes_a_loadable_pipeline_with_ema_weights_card_samples_and_tensorboard(tmp_path, data_file, model_config):
+def test_train_saves_a_loadable_pipeline_with_ema_weights_card_samples_and_tensorboard(
+    tmp_path, data_file, model_config
+):
     out = tmp_path / "out"
     argv = train_argv(
         data_file, out, model_config, "--preview", max_train_steps=4, checkpointing_steps=4, save_images_steps=2,
@@ -177,7 +179,7 @@ def test_train_writes_a_loadable_pipeline_with_ema_weights_card_samples_and_tens
     ema = torch.load(checkpoint / "custom_checkpoint_2.pkl", weights_only=True)["shadow_params"]
     names = [name for name, _ in pipe.unet.named_parameters()]  # the EMA's order
     assert len(names) == len(ema) == len(raw)
-    assert all(torch.equal(saved[n], e) for n, e in zip(names, ema))
+    assert all(torch.equal(saved[n], e) for n, e in zip(names, ema, strict=True))
     assert any(not torch.equal(saved[n], raw[n]) for n in names)
     # model card, samples, preview, TensorBoard scalars and images
     card = (out / "README.md").read_text()

@@ -241,7 +241,9 @@ def load_image_dataset(
     """
     if isinstance(train_data_files, (str, os.PathLike)):
         train_data_files = [str(train_data_files)]
-    check_dataset_args(dataset, dataset_name, train_data_dir, train_data_files, resolution, channels, max_train_samples)
+    check_dataset_args(
+        dataset, dataset_name, train_data_dir, train_data_files, resolution, channels, max_train_samples
+    )
     cache_root = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
     preset = DATASET_PRESETS.get(dataset) if dataset else None
     if preset is not None:

@@ -260,7 +260,7 @@ class EMAModel:
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
         """Writes the averaged weights into ``model``."""
-        for s, p in zip(self.shadow, model.parameters()):
+        for s, p in zip(self.shadow, model.parameters(), strict=True):
             p.copy_(s.to(p.dtype))
 
     def to(self, device: torch.device | str) -> "EMAModel":
@@ -276,7 +276,8 @@ class EMAModel:
 
     def load_state_dict(self, state: dict) -> None:
         shadow = state["shadow_params"]
-        if len(shadow) != len(self.shadow) or any(a.shape != b.shape for a, b in zip(shadow, self.shadow)):
+        shapes = [tuple(s.shape) for s in shadow]
+        if shapes != [tuple(s.shape) for s in self.shadow]:
             raise ValueError("the saved EMA weights do not match this model; resume with the same --model_config")
         device = self.shadow[0].device if self.shadow else "cpu"
         self.shadow = [s.to(device=device, dtype=torch.float32) for s in shadow]
@@ -444,7 +445,8 @@ class LossMonitor:
                 raise NonFiniteLossError(
                     f"loss became {value} at step {step}; stopped without saving, so the last good checkpoint is "
                     "kept: resume it with --resume_from_checkpoint latest and a lower --learning_rate"
-                    + (f" (now {lr:.3g})" if lr is not None else "") + " or --mixed_precision no",
+                    + (f" (now {lr:.3g})" if lr is not None else "")
+                    + " or --mixed_precision no",
                     step,
                 )
         return sum(values) / len(values)
@@ -589,4 +591,3 @@ def cleanup_stale_tmp(output_dir: str | os.PathLike) -> None:
     for path in folder.iterdir():
         if path.is_dir() and (path.name.startswith(f"tmp-{CHECKPOINT_PREFIX}") or path.name.startswith(".tmp-")):
             shutil.rmtree(path, ignore_errors=True)
-
