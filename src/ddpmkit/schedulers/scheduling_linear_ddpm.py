@@ -123,7 +123,9 @@ class LinearDDPMScheduler(SchedulerMixin, ConfigMixin):
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("pass exactly one of num_inference_steps or timesteps")
         if timesteps is not None:
-            timesteps = [int(t) for t in timesteps]
+            if isinstance(timesteps, (str, bytes)) or not hasattr(timesteps, "__len__"):
+                raise ValueError(f"timesteps must be a list of integers, got {timesteps!r}")
+            timesteps = [_integer_timestep(t) for t in timesteps]
             if not timesteps or any(b >= a for a, b in zip(timesteps, timesteps[1:])):
                 raise ValueError(f"timesteps must be a non-empty strictly descending list, got {timesteps}")
             if timesteps[0] >= T or timesteps[-1] < 0:
@@ -215,7 +217,7 @@ class LinearDDPMScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(
                 f"model_output shape {tuple(model_output.shape)} must match sample shape {tuple(sample.shape)}"
             )
-        t = int(timestep)
+        t = _integer_timestep(timestep)
         if not 0 <= t < self.config.num_train_timesteps:
             raise ValueError(f"timestep {t} must lie in [0, {self.config.num_train_timesteps - 1}]")
         # 1. alpha_bar_t, alpha_bar_{t-1}, and this step's alpha and beta
@@ -276,6 +278,12 @@ class LinearDDPMScheduler(SchedulerMixin, ConfigMixin):
             timesteps = torch.as_tensor(timesteps)
         if timesteps.is_floating_point() or timesteps.is_complex():
             raise ValueError(f"timesteps must be integers, got dtype {timesteps.dtype}")
+        if timesteps.ndim > 1 or timesteps.numel() not in (1, reference.shape[0]):
+            raise ValueError(
+                f"timesteps must be a scalar or have shape ({reference.shape[0]},), got {tuple(timesteps.shape)}"
+            )
+        if not reference.is_floating_point():
+            raise ValueError(f"samples must be floating point, got dtype {reference.dtype}")
         T = self.config.num_train_timesteps
         if timesteps.numel() and (int(timesteps.min()) < 0 or int(timesteps.max()) >= T):
             raise ValueError(f"timesteps must lie in [0, {T - 1}], got {timesteps.min()}..{timesteps.max()}")
@@ -287,13 +295,31 @@ class LinearDDPMScheduler(SchedulerMixin, ConfigMixin):
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The forward process in closed form, eq. (4): ``x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps``."""
+        if noise.shape != original_samples.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} must match sample shape {tuple(original_samples.shape)}")
         sqrt_alpha_prod, sqrt_one_minus_alpha_prod = self._coefficients(original_samples, timesteps)
         return sqrt_alpha_prod * original_samples + sqrt_one_minus_alpha_prod * noise
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The v-prediction target (Salimans & Ho 2022): ``v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0``."""
+        if noise.shape != sample.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} must match sample shape {tuple(sample.shape)}")
         sqrt_alpha_prod, sqrt_one_minus_alpha_prod = self._coefficients(sample, timesteps)
         return sqrt_alpha_prod * noise - sqrt_one_minus_alpha_prod * sample
+
+
+def _integer_timestep(timestep) -> int:
+    """``timestep`` as an int: an integer, or a one-element tensor or number holding a whole value."""
+    value = timestep
+    if torch.is_tensor(value) or isinstance(value, np.ndarray):
+        if (value.size if isinstance(value, np.ndarray) else value.numel()) != 1:
+            raise ValueError(f"timestep must be a single integer, got shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"timestep must be an integer, got {timestep!r}")
+    if not math.isfinite(value) or value != int(value):
+        raise ValueError(f"timestep must be a whole number, got {timestep!r}")
+    return int(value)
 
 
 def _validate_config(config) -> None:
