@@ -205,8 +205,14 @@ class ConvUNet2DModel(ModelMixin, ConfigMixin):
             )
         batch, _, height, width = sample.shape
         for size in (height, width):
+            if size < 1:
+                raise ValueError(f"sample height and width must be at least 1, got {tuple(sample.shape[2:])}")
             if size % (2 ** (self.num_levels - 1)):
                 raise ValueError(_size_message(size, self.num_levels, "input height/width"))
+        if not sample.is_floating_point() or (
+            sample.dtype != self.dtype and not torch.is_autocast_enabled(sample.device.type)
+        ):
+            raise ValueError(f"sample dtype {sample.dtype} must be the model's {self.dtype}; use sample.to(model.dtype)")
 
         # 1. time embedding, (B, time_embedding_dim)
         timesteps = _broadcast_timesteps(timestep, batch, sample.device)
@@ -215,6 +221,7 @@ class ConvUNet2DModel(ModelMixin, ConfigMixin):
         if self.class_embedding is not None:
             if class_labels is None:
                 raise ValueError("this model was built with num_class_embeds, so class_labels must be given")
+            class_labels = _check_class_labels(class_labels, batch, self.config.num_class_embeds)
             temb = temb + self.class_embedding(class_labels.to(sample.device)).to(temb.dtype)
         elif class_labels is not None:
             raise ValueError("class_labels were given but the model has no class embedding (num_class_embeds=None)")
@@ -250,11 +257,25 @@ def _size_message(size: int, levels: int, what: str) -> str:
     )
 
 
+def _check_class_labels(class_labels, batch: int, num_classes: int) -> torch.Tensor:
+    labels = torch.as_tensor(class_labels)
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"class_labels must be integers, got dtype {labels.dtype}")
+    labels = labels.reshape(-1) if labels.ndim == 0 else labels
+    if labels.ndim != 1 or labels.shape[0] not in (1, batch):
+        raise ValueError(f"class_labels must be a scalar or have shape ({batch},), got {tuple(labels.shape)}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"class_labels must lie in [0, {num_classes - 1}], got {labels.tolist()}")
+    return labels.expand(batch)
+
+
 def _broadcast_timesteps(timestep, batch: int, device: torch.device) -> torch.Tensor:
     if not torch.is_tensor(timestep):
         if isinstance(timestep, bool) or not isinstance(timestep, (int, float)):
             raise ValueError(f"timestep must be a number or a tensor, got {type(timestep).__name__}")
         timestep = torch.tensor([timestep], dtype=torch.float32)
+    if timestep.is_complex() or timestep.dtype == torch.bool:
+        raise ValueError(f"timestep must be real numbers, got dtype {timestep.dtype}")
     timestep = timestep.to(device).reshape(-1) if timestep.ndim == 0 else timestep.to(device)
     if timestep.ndim != 1 or timestep.shape[0] not in (1, batch):
         raise ValueError(f"timestep must be a scalar or have shape ({batch},), got {tuple(timestep.shape)}")
