@@ -275,8 +275,13 @@ class LinearDDPMScheduler(SchedulerMixin, ConfigMixin):
     def _coefficients(self, reference: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``sqrt(alpha_bar_t)`` and ``sqrt(1 - alpha_bar_t)`` per sample, shaped to broadcast over ``reference``."""
         if not torch.is_tensor(timesteps):
-            timesteps = torch.as_tensor(timesteps)
-        if timesteps.is_floating_point() or timesteps.is_complex():
+            if isinstance(timesteps, (str, bytes)):
+                raise ValueError(f"timesteps must be integers, got {timesteps!r}")
+            try:
+                timesteps = torch.as_tensor(timesteps)
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(f"timesteps must be integers, got {timesteps!r}") from None
+        if timesteps.is_floating_point() or timesteps.is_complex() or timesteps.dtype == torch.bool:
             raise ValueError(f"timesteps must be integers, got dtype {timesteps.dtype}")
         if timesteps.ndim > 1 or timesteps.numel() not in (1, reference.shape[0]):
             raise ValueError(
