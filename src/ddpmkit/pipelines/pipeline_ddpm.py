@@ -85,7 +85,7 @@ class DDPMPipeline(DiffusionPipeline):
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"got {len(generator)} generators for batch_size {batch_size}; pass one per image")
         steps_max = self.scheduler.config.num_train_timesteps
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
             raise ValueError(f"num_inference_steps must be an integer, got {num_inference_steps!r}")
         if not 1 <= num_inference_steps <= steps_max:
             raise ValueError(f"num_inference_steps must be between 1 and {steps_max}, got {num_inference_steps}")
