@@ -53,7 +53,7 @@ def resolve_component_class(name: str, entry) -> type | None:
     Nothing is imported on the folder's word: a ddpmkit class must be one ddpmkit exports, a diffusers class one
     diffusers exports, and either must be a model or a scheduler (a nested pipeline would read its own, unchecked
     ``model_index.json``)."""
-    if entry is None or entry == [None, None]:
+    if entry == [None, None]:  # diffusers' mark of an absent optional component
         return None
     if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
         raise CorruptFolderError(f"model_index.json entry {name!r} must be [library, class name], got {entry!r}")
@@ -258,6 +258,12 @@ def load_pipeline_safely(
         raise CorruptFolderError(
             f"{root / 'model_index.json'} lists components {unknown} that {pipeline_cls.__name__} does not take "
             f"(it takes {sorted(expected)})"
+        )
+    absent = sorted(expected - set(components) - set(kwargs))
+    if absent:
+        raise CorruptFolderError(
+            f"{root / 'model_index.json'} lacks the components {absent} that {pipeline_cls.__name__} needs; pass "
+            f"them to from_pretrained (e.g. {absent[0]}=...) or re-save the folder"
         )
     for name, cls in components.items():
         # a component passed in by the caller is not read from disk; ddpmkit models check their own folder
