@@ -19,7 +19,14 @@ from pathlib import Path
 import torch
 
 from ddpmkit import MODEL_PRESETS, ConvUNet2DModel, DDPMPipeline, LinearDDPMScheduler, model_preset
-from ddpmkit.data import DATASET_PRESETS, add_dataset_args, check_dataset_args, dataset_from_args, save_preview_grid
+from ddpmkit.data import (
+    DATASET_PRESETS,
+    add_dataset_args,
+    check_dataset_args,
+    check_resolution_for_unet,
+    dataset_from_args,
+    save_preview_grid,
+)
 from ddpmkit.hub import check_push_args, create_model_card, push_to_hub, save_model_card
 from ddpmkit.training import (
     EMAModel,
@@ -203,6 +210,7 @@ def unet_config(args: argparse.Namespace, channels: int) -> dict:
     else:
         raise ValueError(f"unknown --model_config {name!r}; use one of {sorted(MODEL_PRESETS)} or a config.json path")
     config.update(sample_size=args.resolution, in_channels=channels, out_channels=None)
+    check_resolution_for_unet(args.resolution, config)
     try:
         with torch.device("meta"):  # validates the config without allocating weights
             model = ConvUNet2DModel(**config)
@@ -276,8 +284,8 @@ def _train(args: argparse.Namespace, accelerator, output_dir: Path) -> Path:
     checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
     accelerator.wait_for_everyone()
 
-    # 1. data: decoded once on the main process (and cached), then read from the cache by the others
-    with accelerator.main_process_first():
+    # 1. data: decoded once per machine (and cached), then read from the cache by the other processes
+    with accelerator.local_main_process_first():
         dataset = dataset_from_args(args)
     logger.info("Training data: %s", dataset)
     if args.preview and main_process:
@@ -359,56 +367,65 @@ def _train(args: argparse.Namespace, accelerator, output_dir: Path) -> Path:
     eval_unet = None
     rank, world = accelerator.process_index, accelerator.num_processes
     model.train()
-    while progress.global_step < max_train_steps:
-        step = progress.global_step
-        epoch, step_in_epoch = divmod(step, steps_per_epoch)
-        permutation = epoch_permutation(len(dataset), args.seed, epoch)
-        for micro in range(args.gradient_accumulation_steps):
-            generator = step_generator(args.seed, step, rank, micro, device=accelerator.device)
-            indices = micro_batch_indices(
-                permutation, step_in_epoch, micro, rank, args.train_batch_size, world, args.gradient_accumulation_steps
-            )
-            flip = None
-            if args.random_flip:
-                flip = torch.rand(len(indices), generator=generator, device=accelerator.device) < 0.5
-            clean = dataset.batch(indices.to(dataset.images.device), accelerator.device, flip)  # (B, C, H, W)
-            last_micro = micro == args.gradient_accumulation_steps - 1
-            sync = accelerator.no_sync(model) if not last_micro and world > 1 else _null()
-            with sync, accelerator.autocast():
-                loss = diffusion_loss(model, noise_scheduler, clean, generator)
-                accelerator.backward(loss / args.gradient_accumulation_steps)
-            monitor.add(step + 1, loss)
-        if args.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        lr_scheduler.step()
-        if ema is not None:
-            ema.step(unwrap(model))
-        progress.global_step += 1
-        step = progress.global_step
-        bar.update(1)
-
-        # 5. every few steps: read the loss back (the only host sync), log, checkpoint, sample
-        checkpoint_now = step % args.checkpointing_steps == 0
-        images_now = step % args.save_images_steps == 0
-        if step % args.logging_steps == 0 or checkpoint_now or images_now or step == max_train_steps:
-            lr = lr_scheduler.get_last_lr()[0]
-            mean_loss = monitor.flush(lr, reduce=(lambda t: accelerator.reduce(t, "mean")) if world > 1 else None)
-            now = time.perf_counter()
-            speed = (step - tick_step) * total_batch / max(now - tick, 1e-9)
-            tick, tick_step = now, step
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.0f}")
-            if args.report_to != "none":
-                accelerator.log(
-                    {"loss": mean_loss, "lr": lr, "images_per_s": speed, "epoch": step / steps_per_epoch}, step=step
+    try:
+        while progress.global_step < max_train_steps:
+            step = progress.global_step
+            epoch, step_in_epoch = divmod(step, steps_per_epoch)
+            permutation = epoch_permutation(len(dataset), args.seed, epoch)
+            for micro in range(args.gradient_accumulation_steps):
+                generator = step_generator(args.seed, step, rank, micro, device=accelerator.device)
+                indices = micro_batch_indices(
+                    permutation,
+                    step_in_epoch,
+                    micro,
+                    rank,
+                    args.train_batch_size,
+                    world,
+                    args.gradient_accumulation_steps,
                 )
-        if checkpoint_now:
-            path = save_checkpoint(accelerator, output_dir, step, meta, args.checkpoints_total_limit)
-            logger.info("Saved %s", path)
-        if images_now and step < max_train_steps:
-            eval_unet = _save_samples(args, accelerator, model, ema, noise_scheduler, eval_unet, output_dir, step)
-    bar.close()
+                flip = None
+                if args.random_flip:
+                    flip = torch.rand(len(indices), generator=generator, device=accelerator.device) < 0.5
+                clean = dataset.batch(indices.to(dataset.images.device), accelerator.device, flip)  # (B, C, H, W)
+                last_micro = micro == args.gradient_accumulation_steps - 1
+                sync = accelerator.no_sync(model) if not last_micro and world > 1 else _null()
+                with sync, accelerator.autocast():
+                    loss = diffusion_loss(model, noise_scheduler, clean, generator)
+                    accelerator.backward(loss / args.gradient_accumulation_steps)
+                monitor.add(step + 1, loss)
+            if args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            lr_scheduler.step()
+            if ema is not None:
+                ema.step(unwrap(model))
+            progress.global_step += 1
+            step = progress.global_step
+            bar.update(1)
+
+            # 5. every few steps: read the loss back (the only host sync), log, checkpoint, sample
+            checkpoint_now = step % args.checkpointing_steps == 0
+            images_now = step % args.save_images_steps == 0
+            if step % args.logging_steps == 0 or checkpoint_now or images_now or step == max_train_steps:
+                lr = lr_scheduler.get_last_lr()[0]
+                mean_loss = monitor.flush(lr, reduce=(lambda t: accelerator.reduce(t, "mean")) if world > 1 else None)
+                now = time.perf_counter()
+                speed = (step - tick_step) * total_batch / max(now - tick, 1e-9)
+                tick, tick_step = now, step
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.0f}")
+                if args.report_to != "none":
+                    accelerator.log(
+                        {"loss": mean_loss, "lr": lr, "images_per_s": speed, "epoch": step / steps_per_epoch},
+                        step=step,
+                    )
+            if checkpoint_now:
+                path = save_checkpoint(accelerator, output_dir, step, meta, args.checkpoints_total_limit)
+                logger.info("Saved %s", path)
+            if images_now and step < max_train_steps:
+                eval_unet = _save_samples(args, accelerator, model, ema, noise_scheduler, eval_unet, output_dir, step)
+    finally:
+        bar.close()
 
     # 6. the end: check the processes agree, then save the pipeline (EMA weights), samples and the model card
     if ema is not None and world > 1:

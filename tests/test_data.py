@@ -138,6 +138,12 @@ def test_bad_input_names_the_problem_and_the_fix(tmp_path, kwargs, message):
         load_image_dataset(cache_dir=tmp_path / "c", **kwargs)
 
 
+def test_resolution_is_checked_against_the_unet_levels():
+    data.check_resolution_for_unet(32, {"block_out_channels": [32, 64, 128]})
+    with pytest.raises(ValueError, match=r"resolution 28 is not divisible by 2\*\*4 = 16 .* --resolution 32"):
+        data.check_resolution_for_unet(28, {"block_out_channels": [64, 128, 256, 512, 1024]})
+
+
 def test_args_round_trip_and_batches_flip(tmp_path):
     table = make_parquet(tmp_path / "t.parquet", n=5)
     parser = add_dataset_args(argparse.ArgumentParser())

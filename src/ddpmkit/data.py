@@ -209,6 +209,19 @@ def check_dataset_args(
         raise ValueError(f"max_train_samples must be at least 1, got {max_train_samples}")
 
 
+def check_resolution_for_unet(resolution: int, unet_config: dict) -> None:
+    """Raises ``ValueError`` (naming a resolution that works) if a UNet with ``unet_config`` cannot take images of
+    ``resolution``: each level halves the size, so it must be divisible by ``2 ** (levels - 1)``."""
+    levels = len(unet_config.get("block_out_channels", (64, 128, 256, 512, 1024)))
+    factor = 2 ** (levels - 1)
+    if resolution % factor:
+        up = -(-resolution // factor) * factor
+        raise ValueError(
+            f"resolution {resolution} is not divisible by 2**{levels - 1} = {factor} (the UNet has {levels} levels); "
+            f"resize the images to {up} (e.g. --resolution {up}) or use a model config with fewer levels"
+        )
+
+
 def load_image_dataset(
     dataset: str | None = None,
     dataset_name: str | None = None,
