@@ -471,3 +471,18 @@ def test_convert_tutorial_then_sample_and_info(capsys, tmp_path):
     assert "clip_prev_sample = true" in stdout  # the tutorial's sampler
     code, _, _ = run(capsys, "sample", "--model", out, "--num_images", 2, "--steps", 3, "--out", "s.png", "--quiet")
     assert code == 0 and pixels(tmp_path / "s.png").shape == (8 + 4, 2 * 8 + 3 * 2)
+
+
+def test_a_subcommand_is_added_in_one_line(capsys, monkeypatch):
+    import ddpmkit.cli as cli
+
+    def add_hello_parser(subparsers):
+        parser = subparsers.add_parser("hello", help="say hello")
+        parser.add_argument("--times", type=cli.positive_int, default=1)
+        parser.set_defaults(func=lambda args: print("hello " * args.times) or 0)  # `func`, as other modules use
+        return parser
+
+    monkeypatch.setattr(cli, "SUBCOMMANDS", cli.SUBCOMMANDS + (add_hello_parser,))
+    assert run(capsys, "hello", "--times", 2)[:2] == (0, "hello hello \n")
+    code, _, err = run(capsys, "hello", "--times", 0)
+    assert_usage_error(code, err, "ddpmkit hello: error: argument --times: must be a positive integer, got 0")

@@ -573,7 +573,8 @@ def main(argv: list[str] | None = None) -> int:
     diffusers_logging.set_verbosity_error()  # config notes about unused keys are not the user's concern
     diffusers_logging.disable_progress_bar()  # loading takes well under a second
     try:
-        return args.run(args)
+        run = getattr(args, "run", None) or args.func  # `func`: subcommands defined outside this module
+        return run(args)
     except UsageError as e:
         print(f"ddpmkit {args.command}: error: {e}", file=sys.stderr)
         return 2
