@@ -156,8 +156,8 @@ def apply_mutation(root: Path, outside: Path, mutation: tuple) -> None:
         path.write_text(json.dumps(obj))  # NaN and Infinity come out as the non-standard tokens Python accepts
     elif kind == "garbage":
         path = root / args[0]
-        if path.parent.is_dir() and not path.is_dir() and not path.is_symlink():
-            path.write_bytes(args[1])
+        if path.parent.is_dir() and (path.is_file() or not path.exists()) and not path.is_symlink():
+            path.write_bytes(args[1])  # never a FIFO, whose open would wait for a reader
     elif kind == "header":
         path = root / WEIGHTS
         data = _read_bytes(path)
