@@ -67,6 +67,13 @@ def test_hub_presets_go_through_datasets_with_their_columns(tmp_path, monkeypatc
     ds = load_image_dataset(dataset_name="someone/pets", split="test", resolution=8, cache_dir=tmp_path / "c")
     assert calls[-1] == ("someone/pets", None, "test") and ds.num_channels == 3
 
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'someone/missing' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ValueError, match="could not load dataset 'someone/missing' .*--train_data_files"):
+        load_image_dataset(dataset_name="someone/missing", resolution=8, cache_dir=tmp_path / "c")
+
 
 def test_folder_of_pngs_with_class_subfolders(tmp_path):
     folder = make_png_folder(tmp_path / "imgs", n=6, mode="RGB", size=(10, 10), classes=["cat", "dog"])

@@ -53,6 +53,12 @@ def _subprocess_env():
     return env
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 # --- pieces ---------------------------------------------------------------------------------------------------------
 
 
@@ -135,6 +141,7 @@ def test_atomic_write_keeps_the_old_file_on_a_full_disk(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         atomic_write_bytes(path, b"new contents")
     assert path.read_bytes() == b"old"
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_current_umask()  # not mkstemp's 0600
     assert [p.name for p in tmp_path.iterdir()] == ["model_index.json"]  # no temporary file left behind
 
 

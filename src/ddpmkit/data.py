@@ -453,10 +453,11 @@ def _table_records(
     else:
         try:
             ds = datasets.load_dataset(dataset_name, config_name, split=split, cache_dir=str(cache_root / "hf"))
-        except FileNotFoundError as error:
+        except (FileNotFoundError, ConnectionError) as error:  # DatasetNotFoundError is a FileNotFoundError
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ValueError(
-                f"dataset {dataset_name!r} was not found ({error}); check the Hub id, or use --train_data_files "
-                "for local files"
+                f"could not load dataset {dataset_name!r} ({first_line}); check the Hub id and the connection, or "
+                "use --train_data_files for local files"
             ) from error
 
     # 1. find the image column
