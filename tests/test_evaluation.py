@@ -243,6 +243,25 @@ def test_inception_refuses_a_file_that_is_not_the_fid_weights(tmp_path):
     assert features.shape == (1, 2048) and torch.isfinite(features).all()
 
 
+@pytest.mark.slow  # about a minute: Inception-v3 at 299x299 and 2048-d covariances on a CPU
+def test_fid_end_to_end_with_stand_in_weights(tiny_dataset, tmp_path, monkeypatch):
+    # random weights stand in for the real file (not downloadable here): the whole FID path runs and caches
+    import hashlib
+
+    import ddpmkit.evaluation.inception as inception
+
+    torch.manual_seed(0)
+    path = tmp_path / "stand_in.pth"
+    torch.save(FIDInceptionV3().state_dict(), path)
+    monkeypatch.setattr(inception, "WEIGHTS_SHA256_PREFIX", hashlib.sha256(path.read_bytes()).hexdigest()[:8])
+    test = torch.from_numpy(load_labelled_images(tiny_dataset, "test", 8, max_samples=3).images)
+    kwargs = dict(classifier=None, fid=True, inception_weights=path, reference_samples=4, cache_dir=tmp_path)
+    results = evaluate_images(test, tiny_dataset, **kwargs)
+    assert math.isfinite(results["fid"]) and results["fid"] == pytest.approx(results["fid_floor"], rel=1e-4)
+    assert results["fid_reference"] == "train (4 images)" and "classifier_skipped" in results
+    assert len(list(tmp_path.glob("*inception-fid*.safetensors"))) == 2  # the reference and the floor
+
+
 def test_tensorflow1_resize_samples_at_i_times_in_over_out():
     x = torch.tensor([[[[0.0, 10.0]]]])  # (1, 1, 1, 2)
     # output pixel i samples input position i * 2 / 4 = 0, 0.5, 1, 1.5 (clamped at the edge)
