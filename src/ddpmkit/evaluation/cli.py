@@ -60,7 +60,15 @@ def add_train_classifier_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def train_classifier_command(args: argparse.Namespace) -> int:
-    """Runs ``train-classifier``; returns the exit code."""
+    """Runs ``train-classifier``; bad input is one line on stderr and exit code 2."""
+    try:
+        return _train_classifier(args)
+    except _UsageError as e:
+        print(f"ddpmkit train-classifier: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _train_classifier(args: argparse.Namespace) -> int:
     import torch
 
     from .classifier import accuracy, train_classifier
@@ -116,8 +124,4 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except _UsageError as e:
-        print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    return args.func(args)
