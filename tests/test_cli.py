@@ -61,7 +61,7 @@ def test_python_m_ddpmkit_help_lists_every_command():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: ddpmkit")
-    for command in ("sample", "trajectory", "preview", "convert-tutorial", "info"):
+    for command in ("sample", "trajectory", "preview", "evaluate", "train-classifier", "convert-tutorial", "info"):
         assert command in result.stdout
 
 
@@ -78,6 +78,8 @@ def test_every_subcommand_is_registered_by_its_own_function():
         "add_sample_parser",
         "add_trajectory_parser",
         "add_preview_parser",
+        "add_evaluate_parser",
+        "add_train_classifier_parser",
         "add_convert_tutorial_parser",
         "add_info_parser",
     ]

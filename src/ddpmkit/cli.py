@@ -17,8 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-SCHEDULERS = ("ddpm", "ddim", "dpmsolver")
-DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "dpmsolver": 20}
+from .pipelines.samplers import SAMPLERS as DEFAULT_STEPS
+
+SCHEDULERS = tuple(DEFAULT_STEPS)
 DTYPES = ("float32", "bfloat16", "float16")
 MAX_SEED = 2**63 - 2**32  # seed + image index must stay a valid torch seed
 SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
@@ -524,10 +525,24 @@ def _card_summary(path: Path) -> dict:
 
 # -- the command -------------------------------------------------------------------------------------------------
 
+def add_evaluate_parser(subparsers):
+    from .evaluation import add_evaluate_parser
+
+    return add_evaluate_parser(subparsers)
+
+
+def add_train_classifier_parser(subparsers):
+    from .evaluation import add_train_classifier_parser
+
+    return add_train_classifier_parser(subparsers)
+
+
 SUBCOMMANDS = (
     add_sample_parser,
     add_trajectory_parser,
     add_preview_parser,
+    add_evaluate_parser,
+    add_train_classifier_parser,
     add_convert_tutorial_parser,
     add_info_parser,
 )
@@ -659,20 +674,12 @@ def _load_pipeline(args: argparse.Namespace):
 
 def _make_scheduler(scheduler, name: str):
     """The scheduler that ``--scheduler name`` asks for, built from the folder's scheduler config."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+    from .pipelines.samplers import make_scheduler
 
-    from .schedulers import LinearDDPMScheduler
-
-    if name == "ddpm":
-        if isinstance(scheduler, (LinearDDPMScheduler, DDPMScheduler)):
-            return scheduler
-        return DDPMScheduler.from_config(scheduler.config)
-    elif name == "ddim":
-        return DDIMScheduler.from_config(scheduler.config)
-    elif name == "dpmsolver":
-        return DPMSolverMultistepScheduler.from_config(scheduler.config, algorithm_type="dpmsolver++")
-    else:
-        raise UsageError(f"--scheduler {name!r} must be one of {', '.join(SCHEDULERS)}")
+    try:
+        return make_scheduler(scheduler, name)
+    except ValueError as e:
+        raise UsageError(f"--scheduler {name!r}: {e}") from None
 
 
 def _check_steps(pipe, steps: int) -> None:

@@ -2,7 +2,6 @@
 real-data floor (the same metric for as many held-out real images)."""
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -13,62 +12,51 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..pipelines.samplers import SAMPLERS, make_scheduler
 from .classifier import ImageClassifier, bundled_classifier_path, prediction_summary
 from .dataset import load_labelled_images, split_file
 from .features import ClassifierFeatures, InceptionFeatures, dataset_statistics
 from .frechet import FeatureStatistics, statistics_distance
 from .inception import find_inception_weights
 
-SCHEDULERS = ("pipeline", "ddpm", "ddim", "dpmsolver++")
+SCHEDULERS = ("pipeline", *SAMPLERS)
 
 
 def with_scheduler(pipe, scheduler: str):
     """``pipe`` with its scheduler replaced by the one named, built from the same config (the input is unchanged).
 
     Args:
-        scheduler: ``"pipeline"`` (keep it), ``"ddpm"``, ``"ddim"`` or ``"dpmsolver++"``.
+        scheduler: ``"pipeline"`` (keep it), ``"ddpm"``, ``"ddim"`` or ``"dpmsolver"`` (DPM-Solver++).
     """
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-
-    from ..schedulers import LinearDDPMScheduler
-
     if scheduler == "pipeline":
         return pipe
-    elif scheduler == "ddpm":
-        if isinstance(pipe.scheduler, (LinearDDPMScheduler, DDPMScheduler)):
-            return pipe
-        new = _from_config(DDPMScheduler, pipe.scheduler.config)
-    elif scheduler == "ddim":
-        new = _from_config(DDIMScheduler, pipe.scheduler.config)
-    elif scheduler == "dpmsolver++":
-        new = _from_config(DPMSolverMultistepScheduler, pipe.scheduler.config, algorithm_type="dpmsolver++")
-    else:
+    if scheduler not in SAMPLERS:
         raise ValueError(f"scheduler {scheduler!r} must be one of {SCHEDULERS}")
+    new = make_scheduler(pipe.scheduler, scheduler)
+    if new is pipe.scheduler:
+        return pipe
     swapped = type(pipe)(unet=pipe.unet, scheduler=new)
     swapped.set_progress_bar_config(disable=True)
     return swapped
-
-
-def _from_config(cls, config, **overrides):
-    """``cls`` built from the keys of ``config`` it takes (a DDPM config has a few that DDIM does not)."""
-    accepted = inspect.signature(cls.__init__).parameters
-    return cls.from_config({k: v for k, v in config.items() if k in accepted}, **overrides)
 
 
 @torch.no_grad()
 def generate_images(
     pipe, num_samples: int, num_inference_steps: int, seed: int = 0, batch_size: int = 100
 ) -> torch.Tensor:
-    """``num_samples`` images from ``pipe`` as uint8 ``(N, C, H, W)``, quantized as a saved PNG would be."""
+    """``num_samples`` images from ``pipe`` as uint8 ``(N, C, H, W)``, quantized as a saved PNG would be.
+
+    Image ``i`` has its own generator seeded ``seed + i``, as in ``ddpmkit sample``, so the images scored are the
+    ones that command draws for the same seed, whatever the batch size."""
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    generator = torch.Generator().manual_seed(seed)
     batches = []
     for start in range(0, num_samples, batch_size):
         size = min(batch_size, num_samples - start)
+        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(size)]
         images = pipe(
-            batch_size=size, generator=generator, num_inference_steps=num_inference_steps, output_type="pt"
+            batch_size=size, generator=generators, num_inference_steps=num_inference_steps, output_type="pt"
         ).images
         images = torch.as_tensor(images)
         if images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
@@ -205,7 +193,7 @@ def evaluate_pipeline(
         dataset: a folder of ``{split}.parquet`` files whose statistics the samples are compared with.
         num_samples: images to generate; the real-data floor uses as many held-out images.
         num_inference_steps: denoising steps.
-        scheduler: ``"ddim"``, ``"dpmsolver++"``, ``"ddpm"`` or ``"pipeline"`` (the pipeline's own), built from the
+        scheduler: ``"ddim"``, ``"dpmsolver"``, ``"ddpm"`` or ``"pipeline"`` (the pipeline's own), built from the
             pipeline's scheduler config.
         seed: seeds the sampling noise.
         batch_size: images per pipeline call.
