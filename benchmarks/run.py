@@ -126,7 +126,7 @@ def to_markdown(results: dict) -> str:
         t = sec["training"]
         lines += [
             f"## Training throughput (batch {t['batch']}, 32x32x1, AdamW; median of {t['repeats']} interleaved runs "
-            f"of {t['steps_per_run']} steps)", "",
+            f"of {', '.join(f'{k}: {v}' for k, v in t['steps_per_run'].items())} steps)", "",
             "| preset | UNet | channels | params | GFLOP/img (fwd+bwd) | images/s | ddpmkit / this |",
             "|---|---|---|---:|---:|---:|---:|",
         ]  # fmt: skip
