@@ -11,19 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-
-class _UsageError(Exception):
-    """Bad input on the command line: printed as one line, exit code 2."""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+from ..cli import UsageError as _UsageError
+from ..cli import positive_int as _positive_int
 
 
 def add_train_classifier_parser(subparsers) -> argparse.ArgumentParser:
