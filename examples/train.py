@@ -42,6 +42,7 @@ from ddpmkit.training import (
     cleanup_stale_tmp,
     diffusion_loss,
     epoch_permutation,
+    fault_point,
     micro_batch_indices,
     resolve_checkpoint,
     save_checkpoint,
@@ -403,6 +404,7 @@ def _train(args: argparse.Namespace, accelerator, output_dir: Path) -> Path:
             progress.global_step += 1
             step = progress.global_step
             bar.update(1)
+            fault_point("step", step)
 
             # 5. every few steps: read the loss back (the only host sync), log, checkpoint, sample
             checkpoint_now = step % args.checkpointing_steps == 0

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
 from pathlib import Path
@@ -26,6 +27,7 @@ CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_META = "ddpmkit_checkpoint.json"
 LOCK_NAME = ".ddpmkit.lock"
 LR_SCHEDULES = ("cosine", "linear", "constant")
+FAULT_ENV = "DDPMKIT_FAULT_AT"
 
 
 class TrainingError(RuntimeError):
@@ -38,6 +40,21 @@ class NonFiniteLossError(TrainingError):
     def __init__(self, message: str, step: int):
         super().__init__(message)
         self.step = step
+
+
+# --- fault injection (a test hook) -------------------------------------------------------------------------------
+
+
+def fault_point(phase: str, index: int) -> None:
+    """A test hook: with ``DDPMKIT_FAULT_AT=<phase>:<index>`` in the environment the process kills itself with
+    ``SIGKILL`` on reaching that point, so tests can prove that a run killed exactly there resumes. The points are
+    ``step:N`` (optimizer step N done, before its checkpoint), ``checkpoint:N`` (the state of step N written to
+    ``tmp-checkpoint-N``, not yet renamed) and ``save:K`` (the final pipeline save, before moving its K-th file;
+    K = the number of files: all moved, before the samples and the model card). Unset, it is one dictionary lookup.
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if spec and spec == f"{phase}:{index}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # --- atomic files ---------------------------------------------------------------------------------------------------
@@ -123,12 +140,14 @@ def save_pipeline_atomically(pipeline, output_dir: str | os.PathLike) -> None:
         pipeline.save_pretrained(staging, safe_serialization=True)
         files = sorted(p for p in staging.rglob("*") if p.is_file())
         files.sort(key=lambda p: p.name == "model_index.json")  # the index last
-        for file in files:
+        for index, file in enumerate(files):
+            fault_point("save", index)
             target = output_dir / file.relative_to(staging)
             target.parent.mkdir(parents=True, exist_ok=True)
             _fsync_file(file)
             os.replace(file, target)
             _fsync_dir(target.parent)
+        fault_point("save", len(files))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -556,6 +575,7 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp), safe_serialization=True)
+        fault_point("checkpoint", step)
         if accelerator.is_main_process:
             atomic_write_json(tmp / CHECKPOINT_META, {**meta, "step": step})
     except OSError as exc:
