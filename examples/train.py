@@ -443,7 +443,7 @@ def _train(args: argparse.Namespace, accelerator, output_dir: Path) -> Path:
         grid, _ = sample_grid(final_unet.to(accelerator.device), noise_scheduler, args, accelerator.device,
                               args.eval_batch_size)  # fmt: skip
         atomic_save_image(grid, output_dir / "samples.png")
-        _log_grid(accelerator, args, grid, step)
+        _log_grid(accelerator, args, grid, progress.global_step)  # no step ran when resumed at the end
         card = create_model_card(
             args.hub_model_id or output_dir.name,
             dataset=(DATASET_PRESETS[args.dataset].hub_id if args.dataset else args.dataset_name) or dataset.source,
