@@ -137,7 +137,8 @@ def cpu_info() -> dict:
         "model": model, "cores": physical, "torch_threads": torch.get_num_threads(), "clock_ghz": clock_ghz,
         "max_mhz_lscpu": float(max_mhz) if max_mhz else None, "simd": simd, "fp32_lanes": lanes,
         "fma_units": fma_units, "flops_per_cycle_per_core": flops_per_cycle, "fp32_peak_flops": peak,
-        "cores_used": used, "formula": f"{used} cores x {clock_ghz:.3f} GHz x {lanes} lanes x 2 (FMA) x {fma_units} FMA units "
+        "cores_used": used,
+        "formula": f"{used} cores x {clock_ghz:.3f} GHz x {lanes} lanes x 2 (FMA) x {fma_units} FMA units "
         f"= {peak / 1e9:.1f} GFLOP/s",
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "torch": torch.__version__,

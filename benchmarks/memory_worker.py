@@ -10,7 +10,6 @@ import resource
 import sys
 
 import torch
-
 from common import build_unet
 from sections import make_train_step, noise_scheduler
 
@@ -54,8 +53,17 @@ def main(what: str, preset: str, batch: int) -> dict:
     else:
         raise ValueError(f"measurement {what!r} must be train or sample")
     peak = status_mib("VmHWM")
-    return {"preset": preset, "what": what, "batch": batch, "steps": STEPS, "after_build_mib": before,
-            "peak_rss_mib": peak, "rise_mib": peak - before, "import_peak_mib": import_peak, "peak_was_reset": reset}
+    return {
+        "preset": preset,
+        "what": what,
+        "batch": batch,
+        "steps": STEPS,
+        "after_build_mib": before,
+        "peak_rss_mib": peak,
+        "rise_mib": peak - before,
+        "import_peak_mib": import_peak,
+        "peak_was_reset": reset,
+    }
 
 
 if __name__ == "__main__":

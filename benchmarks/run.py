@@ -53,9 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
-    import torch
-
     import sections
+    import torch
     from common import PRESETS, cpu_info
 
     settings = sections.Settings.quick() if args.quick else sections.Settings.full()
@@ -74,8 +73,10 @@ def main(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     cpu = cpu_info()
-    log(f"{cpu['model']}, {cpu['cores']} cores, {cpu['simd']}, torch {torch.__version__} with "
-        f"{torch.get_num_threads()} threads; FP32 peak {cpu['formula']}; load average {cpu['load_average']}")
+    log(
+        f"{cpu['model']}, {cpu['cores']} cores, {cpu['simd']}, torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads; FP32 peak {cpu['formula']}; load average {cpu['load_average']}"
+    )
     results = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv),
         "mode": "quick" if args.quick else "full", "cpu": cpu, "settings": vars(settings), "sections": {},
@@ -162,7 +163,8 @@ def to_markdown(results: dict) -> str:
                 f"{s['bare loop']:.2f} | {r['ratio_ddpmkit_over_diffusers']:.3f} | "
                 f"{100 * r['ddpmkit_overhead_over_bare']:+.1f}% | {100 * r['diffusers_overhead_over_bare']:+.1f}% |"
             )
-        lines += ["", "Times are scaled linearly from the timed steps and batch to the nominal steps and 100 images.", ""]
+        lines += ["", "Times are scaled linearly from the timed steps and batch to the nominal steps and 100 images."]
+        lines.append("")
     if "overhead" in sec:
         o = sec["overhead"]
         lines += [
@@ -175,7 +177,8 @@ def to_markdown(results: dict) -> str:
     if "memory" in sec:
         lines += [
             f"## Peak memory ({sec['memory']['method']})", "",
-            "| preset | what | batch | peak RSS MiB | after building the model | rise |", "|---|---|---:|---:|---:|---:|",
+            "| preset | what | batch | peak RSS MiB | after building the model | rise |",
+            "|---|---|---:|---:|---:|---:|",
         ]  # fmt: skip
         for r in sec["memory"]["rows"]:
             lines.append(
@@ -186,7 +189,8 @@ def to_markdown(results: dict) -> str:
     if "options" in sec:
         o = sec["options"]
         lines += [
-            f"## Speed options (`{o['preset']}` preset, A/B interleaved; speedup over the first row of each group)", "",
+            f"## Speed options (`{o['preset']}` preset, A/B interleaved; speedup over the first row of each group)",
+            "",
             "| what | variant | images/s | speedup |", "|---|---|---:|---:|",
         ]  # fmt: skip
         for r in o["rows"]:

@@ -16,10 +16,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from common import (
     CHANNELS,
-    DIFFUSERS_MATCHES,
     RESOLUTION,
     build_unet,
     flops_per_image,
@@ -160,18 +158,18 @@ def efficiency(s: Settings, cpu: dict, log) -> dict:
         torch.manual_seed(0)
         base = build_unet("ddpmkit", preset)
         fast = copy.deepcopy(base).to(memory_format=torch.channels_last)
-        flops = flops_per_image(lambda device: build_unet("ddpmkit", preset, device))
+        flops = flops_per_image(lambda device, preset=preset: build_unet("ddpmkit", preset, device))
         x = torch.randn(s.train_batch, CHANNELS, RESOLUTION, RESOLUTION)
         t = torch.randint(0, 1000, (s.train_batch,))
 
-        def forward(model):
+        def forward(model, x=x, t=t):
             def run():
                 with torch.no_grad():
                     model(x, t)
 
             return run
 
-        def forward_backward(model):
+        def forward_backward(model, x=x, t=t):
             def run():
                 model(x, t).sample.square().mean().backward()
                 model.zero_grad(set_to_none=True)
@@ -229,8 +227,9 @@ def options(s: Settings, log, with_compile: bool = False) -> dict:
     reference = median(times["baseline (AdamW foreach)"])
     rows = []
     for name, ts in times.items():
-        rows.append({"what": "training step", "variant": name, "images_per_s": s.train_batch
-                     * s.train_steps[preset] / median(ts), "speedup": reference / median(ts), "spread": spread(ts)})  # fmt: skip
+        images_per_s = s.train_batch * s.train_steps[preset] / median(ts)
+        rows.append({"what": "training step", "variant": name, "images_per_s": images_per_s,
+                     "speedup": reference / median(ts), "spread": spread(ts)})  # fmt: skip
         log(f"options  train  {name:32s} speedup {reference / median(ts):.3f}")
 
     # sampling: no_grad (what both pipelines use) against inference_mode, and channels_last
@@ -308,7 +307,7 @@ def sampling(s: Settings, log) -> dict:
 
         cases = {
             "ddpmkit": run(ours, timed), "diffusers": run(stock, timed),
-            "bare loop": lambda: bare_loop(unet, scheduler, s.sample_batch, timed),
+            "bare loop": lambda scheduler=scheduler, timed=timed: bare_loop(unet, scheduler, s.sample_batch, timed),
         }  # fmt: skip
         for warm in (run(ours, 2), run(stock, 2)):  # two steps warm up every kernel; the full run need not
             warm()
