@@ -43,6 +43,8 @@ from ddpmkit.training import (
     diffusion_loss,
     epoch_permutation,
     fault_point,
+    is_disk_full,
+    list_checkpoints,
     micro_batch_indices,
     resolve_checkpoint,
     save_checkpoint,
@@ -437,30 +439,47 @@ def _train(args: argparse.Namespace, accelerator, output_dir: Path) -> Path:
         logger.info("EMA weights identical on all %d processes (checksum %.6f)", world, checksums[0].item())
     accelerator.wait_for_everyone()
     if main_process:
-        final_unet = _weights_for_saving(model, ema, config)
-        pipeline = DDPMPipeline(unet=final_unet, scheduler=noise_scheduler)
-        save_pipeline_atomically(pipeline, output_dir)
-        grid, _ = sample_grid(final_unet.to(accelerator.device), noise_scheduler, args, accelerator.device,
-                              args.eval_batch_size)  # fmt: skip
-        atomic_save_image(grid, output_dir / "samples.png")
-        _log_grid(accelerator, args, grid, progress.global_step)  # no step ran when resumed at the end
-        card = create_model_card(
-            args.hub_model_id or output_dir.name,
-            dataset=(DATASET_PRESETS[args.dataset].hub_id if args.dataset else args.dataset_name) or dataset.source,
-            command=["accelerate", "launch", "examples/train.py", *args.command_line],
-            hyperparameters=_card_hyperparameters(args, max_train_steps, total_batch, n_params),
-            sample_grid="samples.png",
-            license=args.license,
-        )
-        save_model_card(card, output_dir)
-        run_args = _tracker_config(args) | {"max_train_steps": max_train_steps}
-        atomic_write_json(output_dir / "training_args.json", run_args)
+        try:
+            final_unet = _weights_for_saving(model, ema, config)
+            pipeline = DDPMPipeline(unet=final_unet, scheduler=noise_scheduler)
+            save_pipeline_atomically(pipeline, output_dir)
+            grid, _ = sample_grid(final_unet.to(accelerator.device), noise_scheduler, args, accelerator.device,
+                                  args.eval_batch_size)  # fmt: skip
+            atomic_save_image(grid, output_dir / "samples.png")
+            _log_grid(accelerator, args, grid, progress.global_step)  # no step ran when resumed at the end
+            hub_id = DATASET_PRESETS[args.dataset].hub_id if args.dataset else args.dataset_name
+            card = create_model_card(
+                args.hub_model_id or output_dir.name,
+                dataset=hub_id or dataset.source,
+                command=["accelerate", "launch", "examples/train.py", *args.command_line],
+                hyperparameters=_card_hyperparameters(args, max_train_steps, total_batch, n_params),
+                sample_grid="samples.png",
+                license=args.license,
+            )
+            save_model_card(card, output_dir)
+            run_args = _tracker_config(args) | {"max_train_steps": max_train_steps}
+            atomic_write_json(output_dir / "training_args.json", run_args)
+        except OSError as error:
+            raise _final_save_error(output_dir, error) from error
         logger.info("Training finished: saved the pipeline to %s", output_dir)
         if args.push_to_hub:
             repo = push_to_hub(output_dir, args.hub_model_id or output_dir.name, args.hub_private_repo, args.hub_token)
             logger.info("Pushed to https://huggingface.co/%s", repo)
     accelerator.wait_for_everyone()
     return output_dir
+
+
+def _final_save_error(output_dir: Path, error: OSError) -> TrainingError:
+    checkpoints = list_checkpoints(output_dir)
+    kept = (
+        f"the checkpoint {checkpoints[-1].name} is intact" if checkpoints
+        else "no checkpoint was saved, so a rerun trains from the start"
+    )  # fmt: skip
+    reason = "the disk is full" if is_disk_full(error) else f"writing failed ({error})"
+    return TrainingError(
+        f"could not save the trained pipeline to {str(output_dir)!r}: {reason}; {kept}. Free space and rerun with "
+        "--resume_from_checkpoint latest to save it again"
+    )
 
 
 def _weights_for_saving(model, ema, config: dict) -> ConvUNet2DModel:
