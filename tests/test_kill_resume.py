@@ -31,7 +31,7 @@ from helpers_train import (
 )
 
 from ddpmkit import DDPMPipeline
-from ddpmkit.training import FAULT_ENV, CHECKPOINT_PREFIX, OutputDirLock, list_checkpoints, resolve_checkpoint
+from ddpmkit.training import CHECKPOINT_PREFIX, FAULT_ENV, OutputDirLock, list_checkpoints, resolve_checkpoint
 
 INTERVAL = 5
 FLAGS = dict(max_train_steps=20, checkpointing_steps=INTERVAL, checkpoints_total_limit=2, logging_steps=5)
@@ -126,37 +126,46 @@ def _child(argv: list[str], markers: Path, log: Path, fault: str | None) -> None
         os._exit(code)
 
 
+def _fork_attempt(argv: list[str], out: Path, fault: str | None) -> tuple[int, Path, Path]:
+    """Starts a forked attempt; returns its pid, marker file and log file."""
+    n = len(list(out.parent.glob(f"{out.name}.attempt-*.log")))
+    log, markers = out.parent / f"{out.name}.attempt-{n}.log", out.parent / f"{out.name}.attempt-{n}.markers"
+    log.touch()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        _child(argv, markers, log, fault)
+    return pid, markers, log
+
+
+def _wait(pid: int, log: Path, kill_after: float | None = None) -> int:
+    """Waits for the attempt (killing it ``kill_after`` seconds from now, if given) and returns its wait status."""
+    started = time.monotonic()
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        now = time.monotonic()
+        if kill_after is not None and now - started >= kill_after:
+            os.kill(pid, signal.SIGKILL)
+            kill_after = None
+        if now - started > ATTEMPT_TIMEOUT_S:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"{log.name} hung for {ATTEMPT_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.001)
+
+
 def _run_attempt(data: Path, model_config: Path, out: Path, kill: str | None, first: bool) -> Attempt:
     latest = resolve_checkpoint(out, "latest")
     start = int(latest.name[len(CHECKPOINT_PREFIX) :]) if latest else 0
     attempt = Attempt(kill=kill, start=start)
     extra = () if first else ("--resume_from_checkpoint", "latest")
     argv = train_argv(data, out, model_config, *extra, **FLAGS)
-    n = len(list(out.parent.glob(f"{out.name}.attempt-*.log")))
-    log, markers = out.parent / f"{out.name}.attempt-{n}.log", out.parent / f"{out.name}.attempt-{n}.markers"
-    fault = kill if kill and not kill.startswith("random:") else None
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        _child(argv, markers, log, fault)
-    started = time.monotonic()
-    kill_at = started + float(kill.split(":")[1]) if kill and kill.startswith("random:") else None
-    status = None
-    while status is None:
-        done, raw = os.waitpid(pid, os.WNOHANG)
-        if done:
-            status = raw
-            break
-        now = time.monotonic()
-        if kill_at is not None and now >= kill_at:
-            os.kill(pid, signal.SIGKILL)
-            kill_at = None
-        if now - started > ATTEMPT_TIMEOUT_S:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail(f"attempt {n} of {out.name} hung for {ATTEMPT_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.001)
+    random_kill = kill is not None and kill.startswith("random:")
+    pid, markers, log = _fork_attempt(argv, out, None if random_kill else kill)
+    status = _wait(pid, log, float(kill.split(":")[1]) if random_kill else None)
     attempt.markers = markers.read_text().split("\n")[:-1] if markers.exists() else []
-    attempt.log = log.read_text() if log.exists() else ""
+    attempt.log = log.read_text()
     if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
         attempt.outcome = "killed"
     elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
@@ -204,7 +213,7 @@ def check_completed_run(out: Path, reference: Path, attempts: list[Attempt]) -> 
     assert not leftovers, leftovers
     OutputDirLock(out).acquire().release()
     # 3. each resume restarts at most one checkpoint interval before where the killed attempt had got to
-    for killed, resumed in zip(attempts, attempts[1:]):
+    for killed, resumed in zip(attempts[:-1], attempts[1:], strict=True):
         redone = killed.reached - resumed.start
         assert 0 <= redone <= INTERVAL, (killed.kill, killed.reached, resumed.start)
         loaded = [int(m.split()[1]) for m in resumed.markers if m.startswith("load ")]
@@ -278,3 +287,110 @@ def test_killed_run_resumes_to_the_uninterrupted_result(job, kills):
     assert all(a.outcome == "killed" for a in deterministic)  # every chosen kill point was reached
     phase, _, n = kills[0].partition(":")
     assert attempts[0].reached == (int(n) if phase in ("step", "checkpoint") else FLAGS["max_train_steps"])
+
+
+# --- a full disk ----------------------------------------------------------------------------------------------------
+
+
+def _one_error_line(err: str) -> str:
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
+    return errors[0]
+
+
+def test_full_disk_at_a_checkpoint_stops_clearly_then_resumes_to_the_uninterrupted_result(job, monkeypatch, capsys):
+    train = load_train_module()
+    out = job.out("full-disk-checkpoint")
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if f"tmp-{CHECKPOINT_PREFIX}10" in str(f):
+            with open(f, "wb") as handle:
+                handle.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    assert train.cli(train_argv(job.data, out, job.model_config, **FLAGS)) == 1
+    error = _one_error_line(capsys.readouterr().err)
+    assert "step 10" in error and "disk is full" in error and "checkpoint-5 is intact" in error
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-5"]
+    assert not (out / "model_index.json").exists() and not list(out.glob("tmp-*"))
+    monkeypatch.setattr(torch, "save", real_save)
+    assert train.cli(train_argv(job.data, out, job.model_config, "--resume_from_checkpoint", "latest", **FLAGS)) == 0
+    check_completed_run(out, job.reference, [])
+
+
+@pytest.mark.parametrize("target", ["unet weights", "model card"])
+def test_full_disk_during_the_final_save_keeps_the_checkpoint_and_says_so(job, monkeypatch, capsys, target):
+    import safetensors.torch
+
+    import ddpmkit.training as training
+
+    train = load_train_module()
+    out = job.out("full-disk-save-" + target.replace(" ", "-"))
+    real_save_file, real_write = safetensors.torch.save_file, training._write_file
+
+    def save_file(tensors, filename, *args, **kwargs):
+        if ".tmp-pipeline-" in str(filename):
+            real_save_file(dict(list(tensors.items())[:1]), filename, *args, **kwargs)  # a partial file
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save_file(tensors, filename, *args, **kwargs)
+
+    def write_file(path, data):
+        if Path(path).name.startswith(".README.md."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, data)
+
+    if target == "unet weights":
+        monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    else:
+        monkeypatch.setattr(training, "_write_file", write_file)
+    assert train.cli(train_argv(job.data, out, job.model_config, **FLAGS)) == 1
+    error = _one_error_line(capsys.readouterr().err)
+    assert "disk is full" in error and "checkpoint-20 is intact" in error
+    assert "--resume_from_checkpoint latest" in error
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-15", "checkpoint-20"]
+    assert not list(out.glob(".tmp-*")) and not list(out.glob(".README.md.*"))
+    if target == "unet weights":
+        assert not (out / "model_index.json").exists()
+    monkeypatch.undo()
+    assert train.cli(train_argv(job.data, out, job.model_config, "--resume_from_checkpoint", "latest", **FLAGS)) == 0
+    check_completed_run(out, job.reference, [])
+
+
+# --- two runs on one output folder ----------------------------------------------------------------------------------
+
+
+def _wait_for_marker(markers: Path, log: Path, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if markers.exists() and text in markers.read_text().split("\n"):
+            return
+        time.sleep(0.01)
+    pytest.fail(f"no {text!r} in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def test_a_second_run_refuses_a_busy_folder_and_a_killed_run_does_not_keep_it(job, capsys):
+    train = load_train_module()
+    out = job.out("two-runs")
+    long_run = train_argv(job.data, out, job.model_config, max_train_steps=100_000, checkpointing_steps=3)
+    pid, markers, log = _fork_attempt(long_run, out, None)
+    try:
+        _wait_for_marker(markers, log, "step 4")  # training, with checkpoint-3 written
+        os.kill(pid, signal.SIGSTOP)  # holds the folder, without racing this test
+        assert train.cli(train_argv(job.data, out, job.model_config)) == 1
+        error = _one_error_line(capsys.readouterr().err)
+        assert "in use by another training run" in error and f"({pid}@" in error
+        assert not (out / "model_index.json").exists()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and (out / ".ddpmkit.lock").exists()  # the killed run's lock file stays...
+    # ...but not its lock: the next run takes the folder over and resumes
+    resume = train_argv(job.data, out, job.model_config, "--resume_from_checkpoint", "latest", max_train_steps=6,
+                        checkpointing_steps=3)  # fmt: skip
+    assert train.cli(resume) == 0, capsys.readouterr().err[-3000:]
+    assert "Resuming from" in capsys.readouterr().err
+    DDPMPipeline.from_pretrained(out)
+    assert not (out / ".ddpmkit.lock").exists()
