@@ -279,7 +279,7 @@ def job(tmp_path_factory) -> Job:
 )
 def test_killed_run_resumes_to_the_uninterrupted_result(job, kills):
     rng = random.Random(1234)
-    kills = [f"random:{rng.uniform(0.0, job.seconds):.3f}" if k == "random" else k for k in kills]
+    kills = [f"random:{rng.uniform(0.0, 0.6 * job.seconds):.3f}" if k == "random" else k for k in kills]
     out = job.out("kill-" + "+".join(k.replace(":", "") for k in kills))
     attempts = run_until_complete(job.data, job.model_config, out, kills)
     check_completed_run(out, job.reference, attempts)
@@ -394,3 +394,105 @@ def test_a_second_run_refuses_a_busy_folder_and_a_killed_run_does_not_keep_it(jo
     assert "Resuming from" in capsys.readouterr().err
     DDPMPipeline.from_pretrained(out)
     assert not (out / ".ddpmkit.lock").exists()
+
+
+# --- slow: many kill points -----------------------------------------------------------------------------------------
+
+CHOSEN_KILLS = [
+    "step:1", "step:5", "step:12", "step:19", "step:20", "checkpoint:5", "checkpoint:15", "checkpoint:20", "save:0",
+    "save:1", "save:2", "save:3", "save:4",
+]  # fmt: skip
+EXPECTED_PHASE = {"step": "steps", "checkpoint": "checkpoint write", "save": "final save"}
+
+
+@pytest.mark.slow
+def test_many_kill_points_all_resume_to_the_uninterrupted_result(job, capsys):
+    """Every chosen kill point once, then 30 jobs killed one to three times at random moments (each resumed run
+    may be killed again); prints the kill points survived by phase."""
+    rng = random.Random(20240607)
+    jobs = [[kill] for kill in CHOSEN_KILLS]
+    for _ in range(30):
+        jobs.append([f"random:{rng.uniform(0.0, job.seconds):.3f}" for _ in range(rng.randint(1, 3))])
+    survived: dict[str, dict[str, int]] = {}
+    missed = most_redone = 0
+    for i, kills in enumerate(jobs):
+        out = job.out(f"many-{i:02d}")
+        attempts = run_until_complete(job.data, job.model_config, out, kills)
+        check_completed_run(out, job.reference, attempts)
+        for attempt, resumed in zip(attempts[:-1], attempts[1:], strict=True):
+            kind = "random" if attempt.kill.startswith("random:") else "chosen"
+            if kind == "chosen":
+                assert attempt.phase == EXPECTED_PHASE[attempt.kill.split(":")[0]], (attempt.kill, attempt.markers)
+            survived.setdefault(attempt.phase, {"chosen": 0, "random": 0})[kind] += 1
+            most_redone = max(most_redone, attempt.reached - resumed.start)
+        missed += sum(1 for a in attempts if a.kill and a.outcome == "completed")  # finished before its kill time
+    random_kills = sum(counts["random"] for counts in survived.values())
+    chosen_kills = sum(counts["chosen"] for counts in survived.values())
+    with capsys.disabled():
+        print(
+            f"\nkill points survived: {chosen_kills} chosen, {random_kills} random ({missed} random kills came after "
+            f"the run had finished); most steps redone after a kill: {most_redone} (interval {INTERVAL})"
+        )
+        for phase in dict.fromkeys(PHASES.values()):
+            if phase in survived:
+                print(f"  {phase:>22}: {survived[phase]['chosen']:2d} chosen, {survived[phase]['random']:2d} random")
+    assert chosen_kills == len(CHOSEN_KILLS) and random_kills >= 20
+
+
+def _subprocess_env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "tests"), TOKENIZERS_PARALLELISM="false")
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", FAULT_ENV):
+        env.pop(key, None)
+    return env
+
+
+@pytest.mark.slow
+def test_a_real_script_process_killed_twice_at_random_moments_resumes(job):
+    """``python examples/train.py`` in its own interpreter, killed from outside twice at random moments after a
+    random checkpoint appears, then resumed until it completes."""
+    rng = random.Random(7)
+    out = job.out("script")
+    for attempt in range(2):
+        extra = ("--resume_from_checkpoint", "latest") if attempt else ()
+        argv = [sys.executable, str(TRAIN_SCRIPT), *train_argv(job.data, out, job.model_config, *extra, **FLAGS)]
+        proc = subprocess.Popen(argv, env=_subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        target = out / f"{CHECKPOINT_PREFIX}{rng.choice([5, 10, 15])}"
+        deadline = time.monotonic() + ATTEMPT_TIMEOUT_S
+        while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode in (-signal.SIGKILL, 0), err.decode()[-3000:]
+    argv = [sys.executable, str(TRAIN_SCRIPT),
+            *train_argv(job.data, out, job.model_config, "--resume_from_checkpoint", "latest", **FLAGS)]  # fmt: skip
+    result = subprocess.run(argv, env=_subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_completed_run(out, job.reference, [])
+
+
+@pytest.mark.slow
+def test_accelerate_launch_with_two_processes_refuses_a_busy_folder(job):
+    """The second run, started with ``accelerate launch`` on two processes, stops with the lock message and writes
+    nothing, while the first run keeps the folder."""
+    out = job.out("busy-launch")
+    long_run = train_argv(job.data, out, job.model_config, max_train_steps=100_000, checkpointing_steps=3)
+    pid, markers, log = _fork_attempt(long_run, out, None)
+    try:
+        _wait_for_marker(markers, log, "step 4")
+        os.kill(pid, signal.SIGSTOP)
+        before = sorted(p.name for p in out.iterdir())
+        argv = [
+            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(TRAIN_SCRIPT),
+            *train_argv(job.data, out, job.model_config, max_train_steps=4, checkpointing_steps=2),
+        ]  # fmt: skip
+        result = subprocess.run(argv, env=_subprocess_env(), capture_output=True, text=True, timeout=300)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0, output[-3000:]
+        errors = [line for line in output.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "in use by another training run" in errors[0] and f"({pid}@" in errors[0]
+        assert sorted(p.name for p in out.iterdir()) == before  # nothing written by the refused run
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
