@@ -595,15 +595,24 @@ def save_checkpoint(
         ) from error
     if accelerator.is_main_process:
         if final.exists():
-            shutil.rmtree(final)
+            _remove_checkpoint(final)
         os.replace(tmp, final)
         _fsync_dir(output_dir)
         if total_limit is not None:
             for old in list_checkpoints(output_dir)[:-total_limit]:
                 logger.info("Removing old checkpoint %s (--checkpoints_total_limit %d)", old.name, total_limit)
-                shutil.rmtree(old, ignore_errors=True)
+                _remove_checkpoint(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def _remove_checkpoint(path: Path) -> None:
+    """Renames the checkpoint to ``tmp-checkpoint-N`` first, so a crash half-way through the deletion leaves a folder
+    that is ignored and cleaned up, never a ``checkpoint-N`` with some of its files missing."""
+    doomed = path.with_name(f"tmp-{path.name}")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
