@@ -36,6 +36,7 @@ from ddpmkit.training import CHECKPOINT_PREFIX, FAULT_ENV, OutputDirLock, list_c
 INTERVAL = 5
 FLAGS = dict(max_train_steps=20, checkpointing_steps=INTERVAL, checkpoints_total_limit=2, logging_steps=5)
 MAX_ATTEMPTS = 12
+EXPECTED_PHASE = {"step": "steps", "checkpoint": "checkpoint write", "prune": "checkpoint write", "save": "final save"}
 PHASES = {  # the last marker an attempt wrote -> where it was
     "": "setup", "step": "steps", "checkpointed": "steps", "checkpoint": "checkpoint write", "save": "final save",
     "saved": "after the final save", "done": "exit",
@@ -80,7 +81,9 @@ def _child(argv: list[str], markers: Path, log: Path, fault: str | None) -> None
         def mark(text: str) -> None:
             os.write(out, f"{text}\n".encode())
 
-        if fault:
+        if fault and fault.startswith("prune:"):
+            _die_while_removing(f"{CHECKPOINT_PREFIX}{fault.split(':')[1]}")
+        elif fault:
             os.environ[FAULT_ENV] = fault
         train = load_train_module()
         base = train.TrainingProgress
@@ -124,6 +127,22 @@ def _child(argv: list[str], markers: Path, log: Path, fault: str | None) -> None
     finally:
         sys.stdout.flush()
         os._exit(code)
+
+
+def _die_while_removing(name: str) -> None:  # pragma: no cover - forked
+    """Makes this process kill itself half-way through deleting the checkpoint folder ``name`` (an old checkpoint
+    pruned by ``--checkpoints_total_limit``): one file gone, the rest left."""
+    import shutil
+
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        if Path(path).name.endswith(name) and (Path(path) / "model.safetensors").exists():
+            os.unlink(Path(path) / "model.safetensors")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_rmtree(path, *args, **kwargs)
+
+    shutil.rmtree = rmtree
 
 
 def _fork_attempt(argv: list[str], out: Path, fault: str | None) -> tuple[int, Path, Path]:
@@ -273,6 +292,7 @@ def job(tmp_path_factory) -> Job:
         ["step:7"],  # between two checkpoints
         ["checkpoint:10"],  # checkpoint-10 written to tmp-checkpoint-10, not renamed
         ["save:2"],  # the final save: config files moved, weights and model_index.json not
+        ["prune:10"],  # half-way through deleting checkpoint-10, the oldest, after checkpoint-20 was saved
         ["checkpoint:15", "random"],  # killed again, at a random moment of the resumed run
     ],
     ids=lambda kills: "+".join(kills),
@@ -287,6 +307,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(job, kills):
     assert all(a.outcome == "killed" for a in deterministic)  # every chosen kill point was reached
     phase, _, n = kills[0].partition(":")
     assert attempts[0].reached == (int(n) if phase in ("step", "checkpoint") else FLAGS["max_train_steps"])
+    assert attempts[0].phase == EXPECTED_PHASE[phase], attempts[0].markers
 
 
 # --- a full disk ----------------------------------------------------------------------------------------------------
@@ -399,10 +420,9 @@ def test_a_second_run_refuses_a_busy_folder_and_a_killed_run_does_not_keep_it(jo
 # --- slow: many kill points -----------------------------------------------------------------------------------------
 
 CHOSEN_KILLS = [
-    "step:1", "step:5", "step:12", "step:19", "step:20", "checkpoint:5", "checkpoint:15", "checkpoint:20", "save:0",
-    "save:1", "save:2", "save:3", "save:4",
+    "step:1", "step:5", "step:12", "step:19", "step:20", "checkpoint:5", "checkpoint:15", "checkpoint:20", "prune:5",
+    "prune:10", "save:0", "save:1", "save:2", "save:3", "save:4",
 ]  # fmt: skip
-EXPECTED_PHASE = {"step": "steps", "checkpoint": "checkpoint write", "save": "final save"}
 
 
 @pytest.mark.slow
