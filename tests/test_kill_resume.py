@@ -33,6 +33,7 @@ from helpers_train import (
 from ddpmkit import DDPMPipeline
 from ddpmkit.training import CHECKPOINT_PREFIX, FAULT_ENV, OutputDirLock, list_checkpoints, resolve_checkpoint
 
+pytestmark = pytest.mark.timeout(300)  # a hang fails the test instead of the whole run
 INTERVAL = 5
 FLAGS = dict(max_train_steps=20, checkpointing_steps=INTERVAL, checkpoints_total_limit=2, logging_steps=5)
 MAX_ATTEMPTS = 12
@@ -77,6 +78,7 @@ def _child(argv: list[str], markers: Path, log: Path, fault: str | None) -> None
         os.dup2(fd, 2)
         sys.stdout = sys.stderr = os.fdopen(os.dup(fd), "w", buffering=1)
         out = os.open(markers, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        _own_progress_bar_lock()
 
         def mark(text: str) -> None:
             os.write(out, f"{text}\n".encode())
@@ -127,6 +129,23 @@ def _child(argv: list[str], markers: Path, log: Path, fault: str | None) -> None
     finally:
         sys.stdout.flush()
         os._exit(code)
+
+
+def _own_progress_bar_lock() -> None:  # pragma: no cover - forked
+    """tqdm's write lock holds a ``multiprocessing.RLock`` shared with the forked children: a child killed while
+    drawing its bar would leave it held and hang this test process at its next bar. The child takes a private one."""
+    import threading
+
+    from tqdm import std
+
+    std.TqdmDefaultWriteLock.mp_lock = None
+    std.TqdmDefaultWriteLock.th_lock = threading.RLock()
+    lock = std.TqdmDefaultWriteLock()
+    classes = [std.tqdm]
+    while classes:
+        cls = classes.pop()
+        cls.set_lock(lock)
+        classes += cls.__subclasses__()
 
 
 def _die_while_removing(name: str) -> None:  # pragma: no cover - forked
@@ -426,6 +445,7 @@ CHOSEN_KILLS = [
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_many_kill_points_all_resume_to_the_uninterrupted_result(job, capsys):
     """Every chosen kill point once, then 30 jobs killed one to three times at random moments (each resumed run
     may be killed again); prints the kill points survived by phase."""
