@@ -58,9 +58,10 @@ def resolve_component_class(name: str, entry) -> type | None:
     if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
         raise CorruptFolderError(f"model_index.json entry {name!r} must be [library, class name], got {entry!r}")
     library, class_name = entry
+    named = repr(f"{library}.{class_name}")  # quoted and escaped: the names come from the file
     if library.split(".")[0] not in ALLOWED_LIBRARIES:
         raise UnsafeFolderError(
-            f"model_index.json names {library}.{class_name} for {name!r}; ddpmkit only builds classes from "
+            f"model_index.json names {named} for {name!r}; ddpmkit only builds classes from "
             f"{' and '.join(ALLOWED_LIBRARIES)} and never imports code a folder names"
         )
     if library.split(".")[0] == "ddpmkit":
@@ -75,12 +76,12 @@ def resolve_component_class(name: str, entry) -> type | None:
 
         cls = getattr(diffusers, class_name, None) if class_name.isidentifier() else None
     if not isinstance(cls, type):
-        raise UnsafeFolderError(f"model_index.json names {library}.{class_name} for {name!r}, which does not exist")
+        raise UnsafeFolderError(f"model_index.json names {named} for {name!r}, which does not exist")
     from diffusers import ModelMixin, SchedulerMixin
 
     if not issubclass(cls, (ModelMixin, SchedulerMixin)):
         raise UnsafeFolderError(
-            f"model_index.json names {library}.{class_name} for {name!r}, which is not a model or a scheduler; "
+            f"model_index.json names {named} for {name!r}, which is not a model or a scheduler; "
             "a pipeline component must be one"
         )
     return cls
