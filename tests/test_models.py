@@ -1,11 +1,10 @@
 import pytest
 import torch
+from tiny import TINY_UNET
 
 from ddpmkit import MODEL_PRESETS, ConvUNet2DModel, model_preset
 from ddpmkit.models import SinusoidalTimestepEmbedding
 from ddpmkit.models.unet_conv import UNet2DOutput
-
-from tiny import TINY_UNET
 
 
 def test_defaults_are_the_tutorial_model():

@@ -9,10 +9,9 @@ import time
 
 import pytest
 import torch
+from tiny import TINY_UNET, make_tiny_pipeline
 
 from ddpmkit import ConvUNet2DModel, CorruptFolderError, DDPMPipeline, LinearDDPMScheduler, UnsafeFolderError
-
-from tiny import TINY_UNET, make_tiny_pipeline
 
 MARKER_CODE = "import pathlib\npathlib.Path({marker!r}).write_text('imported')\n\nclass Evil:\n    pass\n"
 

@@ -7,7 +7,6 @@ may be a link out of the folder. Every failure is one :class:`UnsafeFolderError`
 :class:`CorruptFolderError` (an ``OSError``) that names the file and the fix.
 """
 
-import importlib
 import inspect
 import json
 import os
@@ -152,7 +151,9 @@ def check_safetensors(path: Path, cls: type, config: dict) -> None:
         with safe_open(str(path), framework="pt") as f:
             shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
-        raise CorruptFolderError(f"{path} is not a readable safetensors file ({e}); the file is truncated or damaged")
+        raise CorruptFolderError(
+            f"{path} is not a readable safetensors file ({e}); the file is truncated or damaged"
+        ) from None
     if not cls.__module__.startswith("ddpmkit"):
         return
     import torch
