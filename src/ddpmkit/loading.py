@@ -126,8 +126,8 @@ def check_component_folder(folder: Path, cls: type, allow_pickle: bool) -> None:
         raise CorruptFolderError(f"{folder} is missing: model_index.json lists it as a component")
     config_path = folder / getattr(cls, "config_name", "config.json")
     config = read_json(config_path)
-    if cls.__module__.startswith("ddpmkit"):
-        config = _check_config(config_path, config, cls)
+    # ddpmkit classes: built once on the meta device, which validates the config and gives the expected weights
+    meta_instance = _check_config(config_path, config, cls) if cls.__module__.startswith("ddpmkit") else None
     if not issubclass(cls, ModelMixin):
         return
     weights = folder / SAFE_WEIGHTS
@@ -141,12 +141,13 @@ def check_component_folder(folder: Path, cls: type, allow_pickle: bool) -> None:
         if not pickles:
             raise CorruptFolderError(f"{folder} has no weights file {SAFE_WEIGHTS}")
         return
-    check_safetensors(weights, cls, config)
+    expected = None if meta_instance is None else {k: tuple(v.shape) for k, v in meta_instance.state_dict().items()}
+    check_safetensors(weights, expected)
 
 
-def check_safetensors(path: Path, cls: type, config: dict) -> None:
-    """Opens the safetensors header (which catches truncation) and, for ddpmkit models, checks every tensor name
-    and shape against the model the config describes, so a mismatch never gives a half-loaded model."""
+def check_safetensors(path: Path, expected: dict[str, tuple[int, ...]] | None = None) -> None:
+    """Opens the safetensors header (which catches truncation) and, given the ``expected`` name -> shape of the
+    model the config describes, checks every tensor against it, so a mismatch never gives a half-loaded model."""
     try:
         with safe_open(str(path), framework="pt") as f:
             shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
@@ -154,12 +155,8 @@ def check_safetensors(path: Path, cls: type, config: dict) -> None:
         raise CorruptFolderError(
             f"{path} is not a readable safetensors file ({e}); the file is truncated or damaged"
         ) from None
-    if not cls.__module__.startswith("ddpmkit"):
+    if expected is None:
         return
-    import torch
-
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in cls(**config).state_dict().items()}
     missing = sorted(expected.keys() - shapes.keys())
     unexpected = sorted(shapes.keys() - expected.keys())
     wrong = sorted(k for k in expected.keys() & shapes.keys() if expected[k] != shapes[k])
@@ -173,8 +170,9 @@ def check_safetensors(path: Path, cls: type, config: dict) -> None:
         )
 
 
-def _check_config(path: Path, config: dict, cls: type) -> dict:
-    """Unknown keys and bad values of a ddpmkit class's config fail here, naming the file; returns the init kwargs.
+def _check_config(path: Path, config: dict, cls: type):
+    """Unknown keys and bad values of a ddpmkit class's config fail here, naming the file; returns ``cls`` built
+    from it on the meta device (no memory allocated).
 
     diffusers classes keep diffusers' own, lenient handling."""
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
@@ -188,10 +186,9 @@ def _check_config(path: Path, config: dict, cls: type) -> dict:
 
     try:
         with torch.device("meta"):  # validates every value without allocating
-            cls(**kwargs)
+            return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None
-    return kwargs
 
 
 def resolve_pretrained_folder(path_or_repo: str | os.PathLike, allow_pickle: bool, hub_kwargs: dict) -> tuple[Path, bool]:
