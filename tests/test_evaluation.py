@@ -17,6 +17,7 @@ from ddpmkit.evaluation import (
     FeatureStatistics,
     FIDInceptionV3,
     ImageClassifier,
+    LabelledImages,
     accuracy,
     bundled_classifier_path,
     dataset_statistics,
@@ -27,6 +28,7 @@ from ddpmkit.evaluation import (
     load_classifier,
     load_labelled_images,
     prediction_summary,
+    random_subset,
     train_classifier,
 )
 from ddpmkit.evaluation.cli import main as evaluation_main
@@ -254,7 +256,7 @@ def test_fid_end_to_end_with_stand_in_weights(tiny_dataset, tmp_path, monkeypatc
     path = tmp_path / "stand_in.pth"
     torch.save(FIDInceptionV3().state_dict(), path)
     monkeypatch.setattr(inception, "WEIGHTS_SHA256_PREFIX", hashlib.sha256(path.read_bytes()).hexdigest()[:8])
-    test = torch.from_numpy(load_labelled_images(tiny_dataset, "test", 8, max_samples=3).images)
+    test = torch.from_numpy(random_subset(load_labelled_images(tiny_dataset, "test", 8), 3).images)  # the floor's
     kwargs = dict(classifier=None, fid=True, inception_weights=path, reference_samples=4, cache_dir=tmp_path)
     results = evaluate_images(test, tiny_dataset, **kwargs)
     assert math.isfinite(results["fid"]) and results["fid"] == pytest.approx(results["fid_floor"], rel=1e-4)
@@ -412,3 +414,29 @@ def test_committed_mnist_classifier_is_small_accurate_and_loads():
     assert isinstance(model, ImageClassifier)
     assert (model.config.in_channels, model.config.sample_size, model.config.num_classes) == (1, 32, 10)
     assert sum(p.numel() for p in model.parameters()) == record["parameters"]
+
+
+def test_random_subset_is_seeded_ordered_and_spans_a_class_sorted_split():
+    labels = np.repeat(np.arange(10), 100)  # sorted by class, as CIFAR-10's Parquet files are
+    data = LabelledImages(np.arange(1000).astype(np.uint8).reshape(1000, 1, 1, 1), labels, "sorted")
+    subset = random_subset(data, 100)
+    assert len(subset.images) == 100 and set(subset.labels.tolist()) == set(range(10))
+    assert np.all(np.diff(subset.images.ravel().astype(int)) != 0) and subset.name == "sorted-random100-seed0"
+    assert np.array_equal(random_subset(data, 100).labels, subset.labels)  # seeded
+    assert not np.array_equal(random_subset(data, 100, seed=1).images, subset.images)
+    assert random_subset(data, 1000) is data and random_subset(data, None) is data
+
+
+def test_the_floor_of_a_class_sorted_split_is_a_random_draw(tiny_dataset, tiny_classifier, tmp_path):
+    import datasets
+
+    sorted_data = tmp_path / "sorted"
+    sorted_data.mkdir()
+    for split in ("train", "test"):
+        table = datasets.Dataset.from_parquet(str(tiny_dataset / f"{split}.parquet")).sort("label")
+        table.to_parquet(str(sorted_data / f"{split}.parquet"))
+    images = torch.from_numpy(load_labelled_images(sorted_data, "train", 8, max_samples=6).images)  # class 0 only
+    results = evaluate_images(images, sorted_data, classifier=tiny_classifier, fid=False, cache_dir=tmp_path)
+    assert results["floor_num_samples"] == 6
+    assert sum(share > 0 for share in results["class_histogram_floor"]) >= 2  # not the first six (all class 0)
+    assert results["class_entropy_floor"] > results["class_entropy"]

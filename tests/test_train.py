@@ -348,3 +348,79 @@ def test_two_processes_write_one_folder_with_equal_ema(tmp_path, data_file, mode
         "random_states_0.pkl", "random_states_1.pkl",
     }  # fmt: skip
     DDPMPipeline.from_pretrained(out)
+
+
+# --- Min-SNR weighting, channels-last and evaluation during training ------------------------------------------------
+
+
+def test_min_snr_weighting_matches_its_formula_and_is_plain_above_every_snr():
+    from ddpmkit import LinearDDPMScheduler
+    from ddpmkit.training import diffusion_loss
+
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(1, 1, 3, padding=1)
+    scheduler = LinearDDPMScheduler()
+    clean = torch.rand(16, 1, 8, 8) * 2 - 1
+
+    def loss(**kwargs):
+        return diffusion_loss(lambda x, t: (model(x),), scheduler, clean, torch.Generator().manual_seed(3), **kwargs)
+
+    plain = loss()
+    snr_max = (scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)).max().item()
+    torch.testing.assert_close(loss(snr_gamma=2 * snr_max), plain)  # min(SNR, gamma) = SNR: weight 1
+    # by hand: the same t and eps, each image's MSE weighted by min(SNR, 5) / SNR
+    generator = torch.Generator().manual_seed(3)
+    t = torch.randint(0, 1000, (16,), generator=generator)
+    noise = torch.randn(clean.shape, generator=generator)
+    error = (model(scheduler.add_noise(clean, noise, t)) - noise).pow(2).mean(dim=(1, 2, 3))
+    snr = scheduler.alphas_cumprod[t] / (1 - scheduler.alphas_cumprod[t])
+    torch.testing.assert_close(loss(snr_gamma=5.0), (error * snr.clamp(max=5.0) / snr).mean())
+    assert loss(snr_gamma=5.0) < plain  # the weights are at most 1
+
+
+def test_eval_steps_scores_ema_samples_into_history_tensorboard_and_card(tmp_path, model_config):
+    from ddpmkit.evaluation import load_labelled_images, train_classifier
+
+    data = tmp_path / "digits"
+    make_parquet(data / "train.parquet", n=32)
+    make_parquet(data / "test.parquet", n=12)
+    train = load_labelled_images(data, "train", 8)
+    torch.manual_seed(0)
+    classifier = train_classifier(train.images, train.labels, epochs=1, batch_size=16, log_every=0,
+                                  block_out_channels=(4, 8), feature_dim=8)  # fmt: skip
+    classifier.save_pretrained(tmp_path / "classifier")
+    out = tmp_path / "out"
+    argv = train_argv(
+        data / "train.parquet", out, model_config, "--channels_last", max_train_steps=4, eval_steps=3, eval_samples=4,
+        eval_classifier=str(tmp_path / "classifier"), report_to="tensorboard", snr_gamma=5,
+    )  # fmt: skip
+    run_train(argv)
+    history = json.loads((out / "eval_history.json").read_text())
+    assert [row["step"] for row in history] == [3, 4]  # every 3 steps, and the last
+    assert all(math.isfinite(row["classifier_fd"]) and 0 < row["confidence"] <= 1 for row in history)
+    card = (out / "README.md").read_text()
+    assert f"| classifier FD (4 samples, ddim-50, step 4) | {history[-1]['classifier_fd']:.6g} |" in card
+    assert "| snr_gamma | 5 |" in card
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = set()
+    for event in (out / "logs").rglob("events.out.tfevents.*"):
+        scalars |= set(EventAccumulator(str(event)).Reload().Tags()["scalars"])
+    assert {"eval/classifier_fd", "eval/confidence", "eval/class_entropy"} <= scalars
+    # the channels-last run saved an ordinary, loadable pipeline
+    pipe = DDPMPipeline.from_pretrained(out)
+    assert pipe.unet.conv_out.weight.is_contiguous()
+
+
+def test_eval_flags_name_the_fix(tmp_path, data_file, model_config, capsys):
+    train = load_train_module()
+    bad = [
+        ({"eval_steps": 2, "eval_data": str(tmp_path)}, "has no train.parquet; pass --eval_data"),
+        ({"eval_steps": 2}, "ships no classifier for 'data'"),
+        ({"eval_steps": 2, "eval_classifier": str(tmp_path / "nope")}, "is not a folder"),
+        ({"eval_steps": 0}, "--eval_steps must be >= 1"),
+        ({"snr_gamma": -1}, "--snr_gamma must be a positive number"),
+    ]
+    for flags, message in bad:
+        assert train.cli(train_argv(data_file, tmp_path / "out", model_config, **flags)) == 2
+        assert message in capsys.readouterr().err

@@ -371,6 +371,7 @@ def diffusion_loss(
     clean_images: torch.Tensor,
     generator: torch.Generator | None = None,
     class_labels: torch.Tensor | None = None,
+    snr_gamma: float | None = None,
 ) -> torch.Tensor:
     """The DDPM training loss of eq. (14) in Ho et al. 2020: ``|| eps - eps_theta(x_t, t) ||^2``.
 
@@ -379,6 +380,9 @@ def diffusion_loss(
         noise_scheduler: gives ``add_noise`` and ``config.num_train_timesteps`` / ``prediction_type``.
         clean_images: ``x_0`` in ``[-1, 1]``, ``(B, C, H, W)``.
         generator: draws ``t`` and ``eps`` (on the images' device), making the step reproducible.
+        snr_gamma: Min-SNR-gamma weighting (Hang et al. 2023): each image's error is weighted by
+            ``min(SNR(t), gamma)`` relative to the prediction type's own weighting, so that the low-noise steps,
+            which are easy, stop dominating the gradient. ``None`` is the plain loss above.
     """
     batch = clean_images.shape[0]
     device = clean_images.device
@@ -401,7 +405,16 @@ def diffusion_loss(
         target = noise_scheduler.get_velocity(clean_images, noise, timesteps)
     else:
         raise ValueError(f"prediction_type {prediction_type!r} must be one of epsilon, sample, v_prediction")
-    return nn.functional.mse_loss(prediction.float(), target.float())
+    if snr_gamma is None:
+        return nn.functional.mse_loss(prediction.float(), target.float())
+    # 4. Min-SNR-gamma: SNR(t) = alpha_bar_t / (1 - alpha_bar_t); the epsilon loss is the x_0 loss divided by SNR,
+    # the v loss the x_0 loss divided by SNR + 1, so the weights that make it min(SNR, gamma) x the x_0 loss are:
+    alpha_bar = noise_scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)[timesteps]  # (B,)
+    snr = alpha_bar / (1 - alpha_bar)
+    clipped = snr.clamp(max=snr_gamma)
+    weight = {"epsilon": clipped / snr, "sample": clipped, "v_prediction": clipped / (snr + 1)}[prediction_type]
+    per_image = (prediction.float() - target.float()).pow(2).mean(dim=tuple(range(1, prediction.ndim)))  # (B,)
+    return (per_image * weight).mean()
 
 
 def step_generator(seed: int, step: int, rank: int, micro_step: int, device: torch.device | str = "cpu"):

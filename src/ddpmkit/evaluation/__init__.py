@@ -15,7 +15,7 @@ from .classifier import (
     train_classifier,
 )
 from .cli import add_train_classifier_parser, train_classifier_command
-from .dataset import LabelledImages, load_labelled_images
+from .dataset import LabelledImages, load_labelled_images, random_subset
 from .evaluate import (
     SCHEDULERS,
     add_evaluate_parser,
@@ -56,6 +56,7 @@ __all__ = [
     "load_classifier",
     "load_labelled_images",
     "prediction_summary",
+    "random_subset",
     "statistics_distance",
     "train_classifier",
     "train_classifier_command",

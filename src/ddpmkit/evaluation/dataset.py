@@ -87,3 +87,15 @@ def load_labelled_images(
     )  # fmt: skip
     labels = None if data.labels is None else data.labels.numpy()
     return LabelledImages(data.images.numpy(), labels, f"{path.parent.name}-{path.stem}-{file_fingerprint(path)}")
+
+
+def random_subset(data: LabelledImages, n: int | None, seed: int = 0) -> LabelledImages:
+    """``n`` images of ``data`` drawn without replacement with ``seed``, kept in their original order (all of them
+    when ``n`` is ``None`` or at least ``len``). Held-out splits can be sorted by class (CIFAR-10's Parquet files
+    are), so their first ``n`` images are no sample of the split."""
+    total = len(data.images)
+    if n is None or n >= total:
+        return data
+    index = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
+    labels = None if data.labels is None else data.labels[index]
+    return LabelledImages(data.images[index], labels, f"{data.name}-random{n}-seed{seed}")

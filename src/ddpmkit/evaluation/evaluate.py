@@ -14,7 +14,7 @@ import torch
 
 from ..pipelines.samplers import SAMPLERS, make_scheduler
 from .classifier import ImageClassifier, bundled_classifier_path, prediction_summary
-from .dataset import load_labelled_images, split_file
+from .dataset import load_labelled_images, random_subset, split_file
 from .features import ClassifierFeatures, InceptionFeatures, dataset_statistics
 from .frechet import FeatureStatistics, statistics_distance
 from .inception import find_inception_weights
@@ -112,8 +112,9 @@ def evaluate_images(
             it when the weights are found and otherwise puts the one-line reason under ``"fid_skipped"``.
         inception_weights: path of ``pt_inception-2015-12-05-6726825d.pth``; by default torch hub's cache.
         reference_split: the split whose statistics the samples are compared with.
-        reference_samples: use only the first this many images of ``reference_split`` (FID on a CPU).
-        floor_split: held-out split for the real-data floor, measured with as many images as ``images``;
+        reference_samples: use only this many images of ``reference_split``, drawn at random (FID on a CPU).
+        floor_split: held-out split for the real-data floor, measured with as many of its images as ``images``
+            holds, drawn at random (seed 0; :func:`~ddpmkit.evaluation.dataset.random_subset`);
             ``None`` skips it.
         cache_dir: where dataset statistics are cached (see :func:`dataset_statistics`).
     """
@@ -141,10 +142,12 @@ def evaluate_images(
         )
     floor_images = None
     if floor_split is not None:
-        floor_images = load_labelled_images(dataset, floor_split, resolution, channels=channels, max_samples=n)
+        # a seeded random draw: held-out splits may be sorted by class, so their first n images are no sample
+        floor_images = random_subset(load_labelled_images(dataset, floor_split, resolution, channels=channels), n)
         results["floor_split"] = floor_split
         results["floor_num_samples"] = len(floor_images.images)
-    stats_args = dict(channels=channels, max_samples=reference_samples, cache_dir=cache_dir)
+    subset_seed = None if reference_samples is None else 0  # a random subset, not the first (maybe one-class) ones
+    stats_args = dict(channels=channels, max_samples=reference_samples, cache_dir=cache_dir, subset_seed=subset_seed)
     if extractor is not None:
         start = time.time()
         reference = dataset_statistics(dataset, reference_split, resolution, extractor, **stats_args)
@@ -170,6 +173,7 @@ def evaluate_images(
                 max_samples=n,
                 cache_dir=cache_dir,
                 images=floor_images,
+                subset_seed=0,
             )
             results["fid_floor"] = statistics_distance(floor, reference)
         results["fid_seconds"] = round(time.time() - start, 2)
@@ -287,6 +291,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
         help="compare with the first N images of the train split only (FID on a CPU)",
     )
     parser.add_argument("--cache_dir", default=None, help="dataset statistics cache (default ~/.cache/ddpmkit/stats)")
+    parser.add_argument("--device", default=None, help="where the pipeline runs (default: cuda if available, else cpu)")
     parser.add_argument("--output", default=None, help="JSON file to update (default MODEL/eval_results.json)")
     parser.set_defaults(func=evaluate_command)
     return parser
@@ -324,8 +329,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--classifier {classifier} is not a folder; pass a folder written by train-classifier, 'auto' or 'none'"
         )
+    import torch
+
     pipe = DDPMPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
+    pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     fid = {"auto": None, "yes": True, "no": False}[args.fid]
     results = evaluate_pipeline(
         pipe,
@@ -342,6 +350,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
     )
     results["dataset"] = str(args.dataset)
+    results["device"] = str(pipe.device)
     for key in ("fid_skipped", "classifier_skipped"):
         if key in results:
             print(f"note: {results[key]}", file=sys.stderr)

@@ -16,7 +16,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from .classifier import ImageClassifier, classify
-from .dataset import LabelledImages, file_fingerprint, load_labelled_images
+from .dataset import LabelledImages, file_fingerprint, load_labelled_images, random_subset
 from .frechet import FeatureStatistics
 from .inception import WEIGHTS_SHA256_PREFIX, FIDInceptionV3
 
@@ -80,8 +80,13 @@ def default_cache_dir() -> Path:
     return Path(root).expanduser() / "stats"
 
 
-def _stats_key(data_name: str, resolution: int, extractor_name: str, max_samples: int | None) -> str:
-    return f"{data_name}-{resolution}px-{extractor_name}-{'all' if max_samples is None else f'n{max_samples}'}"
+def _stats_key(
+    data_name: str, resolution: int, extractor_name: str, max_samples: int | None, subset_seed: int | None = None
+) -> str:
+    count = "all" if max_samples is None else f"n{max_samples}"
+    if subset_seed is not None:
+        count = f"random{max_samples}-seed{subset_seed}"
+    return f"{data_name}-{resolution}px-{extractor_name}-{count}"
 
 
 def dataset_statistics(
@@ -93,6 +98,7 @@ def dataset_statistics(
     max_samples: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     images: LabelledImages | None = None,
+    subset_seed: int | None = None,
 ) -> FeatureStatistics:
     """Mean and covariance of ``extractor`` features over a dataset split, cached on disk.
 
@@ -106,17 +112,23 @@ def dataset_statistics(
         max_samples: use only the first ``max_samples`` images of the split.
         cache_dir: where statistics are kept; by default :func:`default_cache_dir`.
         images: the split already loaded, to skip reading it again on a cache miss.
+        subset_seed: take ``max_samples`` images at random with this seed (:func:`random_subset`) instead of the
+            first ones; splits sorted by class need it.
     """
     from .dataset import split_file
 
     path = split_file(source, split)
     data_name = f"{path.parent.name}-{path.stem}-{file_fingerprint(path)}"
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    cache_file = cache_dir / (_stats_key(data_name, resolution, extractor.name, max_samples) + ".safetensors")
+    key = _stats_key(data_name, resolution, extractor.name, max_samples, subset_seed)
+    cache_file = cache_dir / (key + ".safetensors")
     if cache_file.is_file():
         tensors = load_file(cache_file)
         return FeatureStatistics(tensors["mean"], tensors["cov"], int(tensors["num_samples"][0]))
-    if images is None:
+    if images is None and subset_seed is not None:
+        images = random_subset(load_labelled_images(source, split, resolution, channels=channels), max_samples,
+                               subset_seed)  # fmt: skip
+    elif images is None:
         images = load_labelled_images(source, split, resolution, channels=channels, max_samples=max_samples)
     start = time.time()
     stats = FeatureStatistics.from_features(extractor(images.images))
