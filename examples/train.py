@@ -64,8 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model_config", type=str, default="small",
-        help=f"UNet size: one of {', '.join(MODEL_PRESETS)} (tiny: tests; small: MNIST on a laptop CPU; tutorial: "
-        "the 33M-parameter original, for a GPU), or a path to a ConvUNet2DModel config.json.",
+        help=f"UNet size: one of {', '.join(MODEL_PRESETS)} (tiny: tests; small: MNIST on a laptop CPU; base: "
+        "CIFAR-10 on a GPU; tutorial: the 33M-parameter original, for a GPU), or a path to a ConvUNet2DModel "
+        "config.json.",
     )  # fmt: skip
     group.add_argument("--ddpm_num_steps", type=int, default=1000, help="Diffusion steps T of training.")
     group.add_argument("--ddpm_beta_start", type=float, default=1e-4, help="First beta of the linear schedule.")

@@ -5,6 +5,8 @@ MODEL_PRESETS: dict[str, dict] = {
     "tiny": {"block_out_channels": (16, 32, 64), "time_embedding_dim": 64, "norm_num_groups": 8},
     # trains to readable MNIST digits on a laptop CPU within an hour
     "small": {"block_out_channels": (32, 64, 128), "time_embedding_dim": 128, "norm_num_groups": 8},
+    # CIFAR-10 on a GPU in minutes; 2.18M parameters, 8.7 MB of weights
+    "base": {"block_out_channels": (64, 128, 256), "time_embedding_dim": 256, "norm_num_groups": 8},
     # the tutorial's model, 33.3M parameters at one channel; wants a GPU
     "tutorial": {"block_out_channels": (64, 128, 256, 512, 1024), "time_embedding_dim": 256, "norm_num_groups": 32},
 }
