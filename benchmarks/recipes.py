@@ -44,6 +44,39 @@ EVAL_IMAGES = 32_000  # training images between two scores
 MAX_IMAGES = 384_000  # about an hour of the small model on a 2-core CPU
 
 
+def measure_cpu_rates(path: Path) -> dict:
+    """Training images/s of each recipe's model and batch on this machine's CPU (fwd + bwd + AdamW step with
+    Min-SNR weighting, after 3 warm-up steps, over at least 1,280 images), saved as JSON for ``--cpu_rates``."""
+    import torch
+
+    from ddpmkit import ConvUNet2DModel, LinearDDPMScheduler, model_preset
+    from ddpmkit.training import diffusion_loss
+
+    scheduler, rates = LinearDDPMScheduler(), {}
+    for model, batch in sorted({(m, b) for m, b, _, _ in RECIPES.values()}):
+        config = model_preset(MODELS[model]) if isinstance(MODELS[model], str) else MODELS[model]
+        torch.manual_seed(0)
+        unet = ConvUNet2DModel(sample_size=32, in_channels=1, **config)
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3)
+        x = torch.rand(batch, 1, 32, 32) * 2 - 1
+
+        def step():
+            diffusion_loss(unet, scheduler, x, snr_gamma=5.0).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        for _ in range(3):
+            step()
+        n = max(3, 1280 // batch)
+        start = time.perf_counter()
+        for _ in range(n):
+            step()
+        rates[f"{model}-b{batch}"] = n * batch / (time.perf_counter() - start)
+        print(f"{model} batch {batch}: {rates[f'{model}-b{batch}']:.1f} images/s", flush=True)
+    path.write_text(json.dumps(rates, indent=1) + "\n")
+    return rates
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=str, default=str(ROOT.parent / "shared" / "data" / "mnist"))
@@ -55,6 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work_dir", type=str, default=str(ROOT / "runs" / "recipes"))
     parser.add_argument("--cpu_rates", type=str, default=None,
                         help="JSON of 'model-bBATCH' -> CPU training images/s, to express costs in CPU-minutes.")
+    parser.add_argument("--measure_cpu_rates", action="store_true",
+                        help="Only measure this CPU's training images/s per recipe into recipes/cpu_rates.json.")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="More examples/train.py arguments.")
     args = parser.parse_args(argv)
     args.names = [n.strip() for n in args.only.split(",")] if args.only else list(RECIPES)
@@ -124,6 +159,9 @@ def markdown(results: dict) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.measure_cpu_rates:
+        OUT.mkdir(exist_ok=True)
+        return measure_cpu_rates(OUT / "cpu_rates.json")
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     OUT.mkdir(exist_ok=True)

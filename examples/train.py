@@ -81,18 +81,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     group = parser.add_argument_group("training")
     group.add_argument("--output_dir", type=str, default="ddpm-model", help="Where the pipeline and checkpoints go.")
-    group.add_argument("--train_batch_size", type=int, default=64, help="Images per process per micro-batch.")
+    group.add_argument(
+        "--train_batch_size", type=int, default=32,
+        help="Images per process per micro-batch. Small batches learn the most per image (benchmarks/recipes).",
+    )  # fmt: skip
     group.add_argument("--num_epochs", type=int, default=100, help="Epochs to train, unless --max_train_steps.")
     group.add_argument(
         "--max_train_steps", type=int, default=None, help="Optimizer steps to train; overrides --num_epochs."
     )
     group.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
-    group.add_argument("--learning_rate", type=float, default=1e-4, help="Peak learning rate (after warmup).")
+    group.add_argument(
+        "--learning_rate", type=float, default=1e-3,
+        help="Peak learning rate (after warmup); 1e-3 suits the small presets, the tutorial's model took 1e-4.",
+    )  # fmt: skip
     group.add_argument(
         "--lr_scheduler", type=str, default="cosine", choices=("cosine", "linear", "constant"),
         help="Decay after warmup: cosine (the tutorial's CosineAnnealingLR), linear, or constant.",
     )  # fmt: skip
-    group.add_argument("--lr_warmup_steps", type=int, default=500, help="Steps of linear warmup from 0.")
+    group.add_argument("--lr_warmup_steps", type=int, default=200, help="Steps of linear warmup from 0.")
     group.add_argument("--lr_min", type=float, default=1e-6, help="Learning rate at the end of the decay.")
     group.add_argument("--adam_beta1", type=float, default=0.95, help="AdamW beta1.")
     group.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta2.")
@@ -100,9 +106,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon.")
     group.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0 disables).")
     group.add_argument(
-        "--snr_gamma", type=float, default=None,
-        help="Min-SNR-gamma loss weighting (5 is the paper's choice); converges in fewer steps. Default: off, the "
-        "plain DDPM loss.",
+        "--snr_gamma", type=float, default=5.0,
+        help="Min-SNR-gamma loss weighting (Hang et al. 2023): reaches a given sample quality in fewer steps "
+        "(benchmarks/recipes). 0 trains with the plain DDPM loss of the tutorial.",
     )  # fmt: skip
     group.add_argument(
         "--use_ema", action=argparse.BooleanOptionalAction, default=True,
@@ -210,8 +216,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--lr_min {args.lr_min} must be between 0 and --learning_rate {args.learning_rate}")
     if args.max_grad_norm < 0:
         raise ValueError(f"--max_grad_norm must be >= 0 (0 disables clipping), got {args.max_grad_norm}")
-    if args.snr_gamma is not None and not (args.snr_gamma > 0 and math.isfinite(args.snr_gamma)):
-        raise ValueError(f"--snr_gamma must be a positive number (5 is usual), got {args.snr_gamma}")
+    if not (args.snr_gamma >= 0 and math.isfinite(args.snr_gamma)):
+        raise ValueError(f"--snr_gamma must be >= 0 (5 is usual; 0 is the plain loss), got {args.snr_gamma}")
     if not 0 <= args.ema_max_decay < 1:
         raise ValueError(f"--ema_max_decay must be in [0, 1), got {args.ema_max_decay}")
     if args.mixed_precision == "fp16" and (args.cpu or not torch.cuda.is_available()):
@@ -454,7 +460,7 @@ def _train(args: argparse.Namespace, accelerator, output_dir: Path) -> Path:
                 last_micro = micro == args.gradient_accumulation_steps - 1
                 sync = accelerator.no_sync(model) if not last_micro and world > 1 else _null()
                 with sync, accelerator.autocast():
-                    loss = diffusion_loss(model, noise_scheduler, clean, generator, snr_gamma=args.snr_gamma)
+                    loss = diffusion_loss(model, noise_scheduler, clean, generator, snr_gamma=args.snr_gamma or None)
                     accelerator.backward(loss / args.gradient_accumulation_steps)
                 monitor.add(step + 1, loss)
             if args.max_grad_norm > 0:

@@ -419,7 +419,7 @@ def test_eval_flags_name_the_fix(tmp_path, data_file, model_config, capsys):
         ({"eval_steps": 2}, "ships no classifier for 'data'"),
         ({"eval_steps": 2, "eval_classifier": str(tmp_path / "nope")}, "is not a folder"),
         ({"eval_steps": 0}, "--eval_steps must be >= 1"),
-        ({"snr_gamma": -1}, "--snr_gamma must be a positive number"),
+        ({"snr_gamma": -1}, "--snr_gamma must be >= 0"),
     ]
     for flags, message in bad:
         assert train.cli(train_argv(data_file, tmp_path / "out", model_config, **flags)) == 2
