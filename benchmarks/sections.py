@@ -351,7 +351,7 @@ def overhead(s: Settings, log, data_file: str) -> dict:
     def bare_interval_speeds() -> list[float]:
         speeds, tick = [], time.perf_counter()
         for step in range(1, s.overhead_steps + 1):
-            loss = diffusion_loss(model, scheduler, clean, generator)
+            loss = diffusion_loss(model, scheduler, clean, generator, snr_gamma=5.0)  # train.py's default loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
