@@ -15,6 +15,7 @@ classifier against the real-data floor. Writes ``benchmarks/quickstart/results.{
 import argparse
 import datetime
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -45,6 +46,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num_samples", type=int, default=1000, help="Images scored per side.")
     parser.add_argument("--work_dir", type=str, default=str(ROOT / "runs" / "quickstart"), help="Trained models.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core).")
+    parser.add_argument("--steps", type=int, default=None, help="Override the recipe's steps (smoke runs).")
+    parser.add_argument("--skip_eval", action="store_true", help="Train only; score later with --eval_only.")
+    parser.add_argument("--eval_only", action="store_true",
+                        help="Score the models already trained in --work_dir (on a GPU if there is one).")
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.num_samples < 2:
         parser.error(f"--minutes must be positive and --num_samples >= 2, got {args.minutes}, {args.num_samples}")
@@ -54,16 +59,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def train_ddpmkit(args, out_dir: Path) -> dict:
+    recipe = list(QUICKSTART)
+    if args.steps:
+        recipe[recipe.index("--max_train_steps") + 1] = str(args.steps)
     command = [
         sys.executable, str(ROOT / "examples" / "train.py"), "--dataset", "mnist",
-        "--train_data_files", str(Path(args.data) / "train.parquet"), "--output_dir", str(out_dir), *QUICKSTART,
+        "--train_data_files", str(Path(args.data) / "train.parquet"), "--output_dir", str(out_dir), *recipe,
     ]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(command, check=True)
     seconds = time.perf_counter() - start
-    steps = int(QUICKSTART[QUICKSTART.index("--max_train_steps") + 1])
-    shown = ["python", "examples/train.py", *[str(Path(c).relative_to(ROOT.parent).as_posix()) if c.startswith(
-        str(ROOT.parent)) else c for c in command[2:]]]  # fmt: skip
+    steps = int(recipe[recipe.index("--max_train_steps") + 1])
+    shown = ["python", "examples/train.py", *[os.path.relpath(c, ROOT) if c.startswith("/") else c for c in command[2:]]]
     return {"command": " ".join(shown), "train_seconds": seconds, "steps": steps, "batch": BATCH,
             "images_per_s": steps * BATCH / seconds}  # fmt: skip
 
@@ -121,6 +128,7 @@ def evaluate(side: str, args, model_dir: Path) -> dict:
 
     pipe = (DDPMPipeline if side == "ddpmkit" else StockPipeline).from_pretrained(model_dir)
     pipe.set_progress_bar_config(disable=True)
+    pipe.to("cuda" if torch.cuda.is_available() else "cpu")
     sampler = with_scheduler(pipe, "ddim")
     start = time.perf_counter()
     images = generate_images(sampler, args.num_samples, 50, seed=0)
@@ -129,7 +137,7 @@ def evaluate(side: str, args, model_dir: Path) -> dict:
     results = evaluate_images(images, args.data, fid=False)
     results["sampling_seconds"] = seconds
     results["params"] = sum(p.numel() for p in pipe.unet.parameters())
-    del torch
+    results["device"] = str(pipe.device)
     return results
 
 
@@ -188,27 +196,32 @@ def main(argv=None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     path = OUT / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {"sides": {}}
-    results.update(date=datetime.date.today().isoformat(), minutes=args.minutes, num_samples=args.num_samples,
-                   machine=f"{cpu_info()['model']}, {torch.get_num_threads()} torch threads")
+    results.update(date=datetime.date.today().isoformat(), num_samples=args.num_samples)
+    if not args.eval_only:
+        results.update(machine=f"{cpu_info()['model']}, {torch.get_num_threads()} torch threads")
     for side in ("ddpmkit", "diffusers"):
         if args.only not in (side, "both"):
             continue
         model_dir = work / side
-        if side == "ddpmkit":
+        if args.eval_only:
+            trained = results["sides"][side]
+        elif side == "ddpmkit":
             shutil.rmtree(model_dir, ignore_errors=True)  # a fresh run, not a resumed one
             trained = train_ddpmkit(args, model_dir)
         else:  # the same wall-clock time as ddpmkit's whole run, when it ran now; else --minutes
             budget = results["sides"]["ddpmkit"]["train_seconds"] if args.only == "both" else args.minutes * 60
             trained = train_diffusers(args, model_dir, budget)
-        trained["eval"] = evaluate(side, args, model_dir)
+        if not args.skip_eval:
+            trained["eval"] = evaluate(side, args, model_dir)
         results["sides"][side] = trained
         path.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"{side}: {trained['steps']} steps in {trained['train_seconds']:.0f}s, "
-              f"classifier FD {trained['eval']['classifier_fd']:.1f}", flush=True)  # fmt: skip
+        score = f", classifier FD {trained['eval']['classifier_fd']:.1f}" if "eval" in trained else ""
+        print(f"{side}: {trained['steps']} steps in {trained['train_seconds']:.0f}s{score}", flush=True)
     if all((OUT / f"grid-{side}.png").exists() for side in ("ddpmkit", "diffusers")):
         side_by_side()
-    (OUT / "results.md").write_text(markdown(results))
-    print(markdown(results))
+    if all("eval" in side for side in results["sides"].values()):
+        (OUT / "results.md").write_text(markdown(results))
+        print(markdown(results))
     return results
 
 
