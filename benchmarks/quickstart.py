@@ -70,7 +70,8 @@ def train_ddpmkit(args, out_dir: Path) -> dict:
     subprocess.run(command, check=True)
     seconds = time.perf_counter() - start
     steps = int(recipe[recipe.index("--max_train_steps") + 1])
-    shown = ["python", "examples/train.py", *[os.path.relpath(c, ROOT) if c.startswith("/") else c for c in command[2:]]]
+    relative = [os.path.relpath(c, ROOT) if c.startswith("/") else c for c in command[2:]]
+    shown = ["python", "examples/train.py", *relative]
     return {"command": " ".join(shown), "train_seconds": seconds, "steps": steps, "batch": BATCH,
             "images_per_s": steps * BATCH / seconds}  # fmt: skip
 

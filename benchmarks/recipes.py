@@ -60,7 +60,7 @@ def measure_cpu_rates(path: Path) -> dict:
         optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3)
         x = torch.rand(batch, 1, 32, 32) * 2 - 1
 
-        def step():
+        def step(unet=unet, x=x, optimizer=optimizer):
             diffusion_loss(unet, scheduler, x, snr_gamma=5.0).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
