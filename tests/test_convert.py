@@ -54,7 +54,8 @@ def test_safetensors_state_dict_needs_no_opt_in(tmp_path):
 @pytest.fixture
 def tutorial_modules(monkeypatch):
     """Registers the tutorial's classes under the module names its train.py pickles them with."""
-    for name, cls in (("unet", tutorial.UNet), ("conv_block", tutorial.ConvBlock), ("TimeEmbedding", tutorial.TimeEmbedding)):
+    classes = (("unet", tutorial.UNet), ("conv_block", tutorial.ConvBlock), ("TimeEmbedding", tutorial.TimeEmbedding))
+    for name, cls in classes:
         module = types.ModuleType(name)
         setattr(module, cls.__name__, cls)
         monkeypatch.setitem(sys.modules, name, module)

@@ -74,7 +74,11 @@ def test_custom_timesteps_are_descending_integers_in_range_or_refused(timesteps)
     scheduler = LinearDDPMScheduler(num_train_timesteps=T)
     whole = [_whole(t) for t in timesteps]
     valid = (
-        whole and None not in whole and all(a > b for a, b in zip(whole, whole[1:])) and whole[0] < T and whole[-1] >= 0
+        whole
+        and None not in whole
+        and all(a > b for a, b in zip(whole, whole[1:]))
+        and whole[0] < T
+        and whole[-1] >= 0
     )
     if not valid:
         with pytest.raises(ValueError, match="timestep"):

@@ -97,7 +97,8 @@ def test_unknown_ddpmkit_and_diffusers_names_are_refused(tiny_pipeline_dir, entr
 def test_classes_that_are_not_models_or_schedulers_are_refused(tiny_pipeline_dir, planted, entry):
     marker, _ = planted
     # were unet/ loaded as a pipeline, this index would import evil_module
-    _write(tiny_pipeline_dir / "unet" / "model_index.json", {"_class_name": "DDPMPipeline", "x": ["evil_module", "Evil"]})
+    evil = {"_class_name": "DDPMPipeline", "x": ["evil_module", "Evil"]}
+    _write(tiny_pipeline_dir / "unet" / "model_index.json", evil)
     index = _read(tiny_pipeline_dir / "model_index.json")
     index["unet"] = entry
     _write(tiny_pipeline_dir / "model_index.json", index)

@@ -23,7 +23,9 @@ class TimeEmbedding(nn.Module):
 class ConvBlock(nn.Module):
     def __init__(self, in_channel, out_channel, time_emb_size):
         super().__init__()
-        self.seq1 = nn.Sequential(nn.Conv2d(in_channel, out_channel, 3, 1, 1), nn.GroupNorm(32, out_channel), nn.SiLU())
+        self.seq1 = nn.Sequential(
+            nn.Conv2d(in_channel, out_channel, 3, 1, 1), nn.GroupNorm(32, out_channel), nn.SiLU()
+        )
         self.time_emb_linear = nn.Linear(time_emb_size, out_channel)
         self.silu = nn.SiLU()
         self.seq2 = nn.Sequential(

@@ -106,7 +106,8 @@ def _restricted_pickle_module() -> SimpleNamespace:
 
 
 def load_tutorial_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Reads a tutorial checkpoint as a state dict: safetensors freely, pickles (``.pt``/``.pth``) only when allowed."""
+    """Reads a tutorial checkpoint as a state dict: safetensors freely, pickles (``.pt``/``.pth``) only when
+    allowed."""
     path = Path(path)
     if not path.is_file():
         raise CorruptFolderError(f"{path} does not exist")

@@ -191,7 +191,9 @@ def _check_config(path: Path, config: dict, cls: type):
         raise ValueError(f"{path}: {e}") from None
 
 
-def resolve_pretrained_folder(path_or_repo: str | os.PathLike, allow_pickle: bool, hub_kwargs: dict) -> tuple[Path, bool]:
+def resolve_pretrained_folder(
+    path_or_repo: str | os.PathLike, allow_pickle: bool, hub_kwargs: dict
+) -> tuple[Path, bool]:
     """A local folder as it is, or a Hub repo downloaded (JSON and weights only) after its index is checked.
 
     Returns the folder and whether it is the user's own local folder (links are checked there)."""

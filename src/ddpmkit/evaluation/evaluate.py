@@ -291,7 +291,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
         help="compare with the first N images of the train split only (FID on a CPU)",
     )
     parser.add_argument("--cache_dir", default=None, help="dataset statistics cache (default ~/.cache/ddpmkit/stats)")
-    parser.add_argument("--device", default=None, help="where the pipeline runs (default: cuda if available, else cpu)")
+    parser.add_argument("--device", default=None, help="where the pipeline runs (default: cuda if any, else cpu)")
     parser.add_argument("--output", default=None, help="JSON file to update (default MODEL/eval_results.json)")
     parser.set_defaults(func=evaluate_command)
     return parser

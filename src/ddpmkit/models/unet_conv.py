@@ -212,7 +212,9 @@ class ConvUNet2DModel(ModelMixin, ConfigMixin):
         if not sample.is_floating_point() or (
             sample.dtype != self.dtype and not torch.is_autocast_enabled(sample.device.type)
         ):
-            raise ValueError(f"sample dtype {sample.dtype} must be the model's {self.dtype}; use sample.to(model.dtype)")
+            raise ValueError(
+                f"sample dtype {sample.dtype} must be the model's {self.dtype}; use sample.to(model.dtype)"
+            )
 
         # 1. time embedding, (B, time_embedding_dim)
         timesteps = _broadcast_timesteps(timestep, batch, sample.device)

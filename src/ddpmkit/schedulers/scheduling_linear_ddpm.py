@@ -301,7 +301,9 @@ class LinearDDPMScheduler(SchedulerMixin, ConfigMixin):
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The forward process in closed form, eq. (4): ``x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps``."""
         if noise.shape != original_samples.shape:
-            raise ValueError(f"noise shape {tuple(noise.shape)} must match sample shape {tuple(original_samples.shape)}")
+            raise ValueError(
+                f"noise shape {tuple(noise.shape)} must match sample shape {tuple(original_samples.shape)}"
+            )
         sqrt_alpha_prod, sqrt_one_minus_alpha_prod = self._coefficients(original_samples, timesteps)
         return sqrt_alpha_prod * original_samples + sqrt_one_minus_alpha_prod * noise
 
