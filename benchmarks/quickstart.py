@@ -160,7 +160,8 @@ def markdown(results: dict) -> str:
     lines = [
         f"Measured {results['date']} on {results['machine']} with `python benchmarks/quickstart.py`: ddpmkit's "
         "quick-start command, then stock diffusers for the same wall-clock time; both sampled with DDIM-50 "
-        f"({results['num_samples']} samples) and scored with the committed MNIST classifier.",
+        f"({results['num_samples']} samples) and scored with the committed MNIST classifier"
+        f" (on {next(iter(results['sides'].values()))['eval'].get('device', 'cpu')}).",
         "",
         "| | params | train s | steps x batch | img/s | classifier FD | confidence | class entropy |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
