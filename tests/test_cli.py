@@ -493,3 +493,12 @@ def test_a_subcommand_is_added_in_one_line(capsys, monkeypatch):
     assert run(capsys, "hello", "--times", 2)[:2] == (0, "hello hello \n")
     code, _, err = run(capsys, "hello", "--times", 0)
     assert_usage_error(code, err, "ddpmkit hello: error: argument --times: must be a positive integer, got 0")
+
+
+def test_trajectory_gif_goes_beside_the_picture_by_default(tiny_pipeline_dir, tmp_path):
+    out = tmp_path / "pictures" / "denoise.png"
+    out.parent.mkdir()
+    main(["trajectory", "--model", str(tiny_pipeline_dir), "--steps", "3", "--num_frames", "3", "--gif_frames", "3",
+          "--out", str(out), "--quiet", "--seed", "0"])  # fmt: skip
+    assert out.is_file() and (tmp_path / "pictures" / "denoise.gif").is_file()
+    assert not (tmp_path / "trajectory.gif").exists()

@@ -216,7 +216,7 @@ def add_trajectory_parser(subparsers) -> argparse.ArgumentParser:
     )
     _add_sampling(parser)
     parser.add_argument("--out", default="trajectory.png", help="the picture (default: %(default)s)")
-    parser.add_argument("--gif", default="trajectory.gif", help="the animation (default: %(default)s)")
+    parser.add_argument("--gif", default=None, help="the animation (default: --out with the suffix .gif)")
     _add_runtime(parser)
     _add_quiet(parser)
     parser.set_defaults(run=run_trajectory)
@@ -236,7 +236,7 @@ def run_trajectory(args: argparse.Namespace) -> int:
     if args.show_x0 and args.scheduler == "dpmsolver":
         raise UsageError("--show_x0 needs a scheduler that predicts x_0 at every step; use --scheduler ddpm or ddim")
     out = _check_output_file(args.out)
-    gif = _check_output_file(args.gif, suffixes=(".gif",))
+    gif = _check_output_file(args.gif or str(Path(args.out).with_suffix(".gif")), suffixes=(".gif",))
     pipe = _load_pipeline(args)
     _check_steps(pipe, steps)
 
