@@ -54,7 +54,7 @@ class Settings:
             presets=("tiny", "small", "tutorial"), train_batch=128,
             train_steps={"tiny": 8, "small": 2, "tutorial": 1}, repeats=3, sample_batch=100,
             sample_timed_steps={"DDPM-1000": 10, "DDIM-50": 20, "DPM-Solver++-20": 10}, overhead_batch=128,
-            overhead_steps=20, overhead_logging_steps=5, memory_train_batch=128, memory_sample_batch=100,
+            overhead_steps=40, overhead_logging_steps=5, memory_train_batch=128, memory_sample_batch=100,
         )  # fmt: skip
 
     @classmethod
