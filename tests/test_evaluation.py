@@ -357,6 +357,7 @@ def test_evaluate_command_prints_a_table_and_writes_json(
         ({"--num_samples": "1"}, "at least 2"),
         ({"--fid": "yes"}, "--inception_weights"),
         ({"--classifier": "nowhere"}, "--classifier nowhere is not a folder"),
+        ({"--device": "nowhere"}, "--device 'nowhere' is not a device"),
     ],
 )
 def test_evaluate_command_bad_input_is_one_line_and_exit_2(

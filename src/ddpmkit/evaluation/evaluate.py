@@ -288,7 +288,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
         "--reference_samples",
         type=int,
         default=None,
-        help="compare with the first N images of the train split only (FID on a CPU)",
+        help="compare with N images of the train split only, drawn at random (FID on a CPU)",
     )
     parser.add_argument("--cache_dir", default=None, help="dataset statistics cache (default ~/.cache/ddpmkit/stats)")
     parser.add_argument("--device", default=None, help="where the pipeline runs (default: cuda if any, else cpu)")
@@ -308,11 +308,13 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    import datasets
     from diffusers.utils import logging as diffusers_logging
 
     from ..pipelines import DDPMPipeline
 
     diffusers_logging.disable_progress_bar()  # the table is the output; no loading bars on stderr
+    datasets.disable_progress_bars()  # nor the Parquet reader's, on a split's first read
 
     for name in ("num_samples", "steps", "batch_size", "reference_samples"):
         value = getattr(args, name)
@@ -329,11 +331,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--classifier {classifier} is not a folder; pass a folder written by train-classifier, 'auto' or 'none'"
         )
-    import torch
+    from ..cli import UsageError, _resolve_device
 
+    try:
+        device = _resolve_device(args.device)  # the checks and messages of the other commands' --device
+    except UsageError as e:
+        raise ValueError(str(e)) from None
     pipe = DDPMPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
-    pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe.to(device)
     fid = {"auto": None, "yes": True, "no": False}[args.fid]
     results = evaluate_pipeline(
         pipe,
