@@ -580,7 +580,7 @@ def _ema_unet(accelerator, model, ema, eval_unet):
     return eval_unet
 
 
-EVAL_KEYS = ("classifier_fd", "confidence", "class_entropy")
+EVAL_METRICS = {"classifier_fd": "classifier FD", "confidence": "confidence", "class_entropy": "class entropy"}
 
 
 def _evaluate(args, accelerator, model, ema, noise_scheduler, eval_unet, output_dir: Path, step: int):
@@ -597,13 +597,13 @@ def _evaluate(args, accelerator, model, ema, noise_scheduler, eval_unet, output_
         results = evaluate_images(
             images, args.eval_data, classifier=args.eval_classifier, fid=False, floor_split=None, cache_dir=cache_dir
         )
-        row = {"step": step, **{k: results[k] for k in EVAL_KEYS}, "seconds": round(time.perf_counter() - start, 2)}
+        row = {"step": step, **{k: results[k] for k in EVAL_METRICS}, "seconds": round(time.perf_counter() - start, 2)}
         path = output_dir / "eval_history.json"
         history = json.loads(path.read_text()) if path.exists() else []
         history = [r for r in history if r["step"] < step] + [row]  # a resumed run rewrites what it redoes
         atomic_write_json(path, history)
         if args.report_to != "none":
-            accelerator.log({f"eval/{k}": row[k] for k in EVAL_KEYS}, step=step)
+            accelerator.log({f"eval/{k}": row[k] for k in EVAL_METRICS}, step=step)
         logger.info(
             "step %d: classifier FD %.2f, confidence %.3f, class entropy %.3f (%d %s samples, %.0fs)", step,
             row["classifier_fd"], row["confidence"], row["class_entropy"], args.eval_samples, args.eval_sampler,
@@ -619,8 +619,7 @@ def _card_metrics(args, output_dir: Path) -> dict | None:
         return None
     last = json.loads(path.read_text())[-1]
     what = f"{args.eval_samples} samples, {args.eval_sampler}-{SAMPLERS[args.eval_sampler]}, step {last['step']}"
-    return {f"{name} ({what})": last[key] for name, key in
-            (("classifier FD", "classifier_fd"), ("confidence", "confidence"), ("class entropy", "class_entropy"))}
+    return {f"{name} ({what})": last[key] for key, name in EVAL_METRICS.items()}
 
 
 def _log_grid(accelerator, args, grid, step: int) -> None:
