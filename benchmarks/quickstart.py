@@ -124,19 +124,16 @@ def evaluate(side: str, args, model_dir: Path) -> dict:
     from diffusers import DDPMPipeline as StockPipeline
 
     from ddpmkit import DDPMPipeline
-    from ddpmkit.evaluation import evaluate_images, generate_images, with_scheduler
+    from ddpmkit.evaluation import evaluate_pipeline
     from ddpmkit.images import image_grid
 
     pipe = (DDPMPipeline if side == "ddpmkit" else StockPipeline).from_pretrained(model_dir)
     pipe.set_progress_bar_config(disable=True)
     pipe.to("cuda" if torch.cuda.is_available() else "cpu")
-    sampler = with_scheduler(pipe, "ddim")
-    start = time.perf_counter()
-    images = generate_images(sampler, args.num_samples, 50, seed=0)
-    seconds = time.perf_counter() - start
+    results, images = evaluate_pipeline(
+        pipe, args.data, args.num_samples, 50, "ddim", seed=0, fid=False, return_images=True
+    )
     image_grid(images[:100].float() / 255, ncols=10, scale=1).save(OUT / f"grid-{side}.png")
-    results = evaluate_images(images, args.data, fid=False)
-    results["sampling_seconds"] = seconds
     results["params"] = sum(p.numel() for p in pipe.unet.parameters())
     results["device"] = str(pipe.device)
     return results

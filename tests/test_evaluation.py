@@ -25,11 +25,13 @@ from ddpmkit.evaluation import (
     evaluate_pipeline,
     find_inception_weights,
     frechet_distance,
+    generate_images,
     load_classifier,
     load_labelled_images,
     prediction_summary,
     random_subset,
     train_classifier,
+    with_scheduler,
 )
 from ddpmkit.evaluation.cli import main as evaluation_main
 from ddpmkit.evaluation.inception import resize_like_tensorflow1
@@ -313,6 +315,17 @@ def test_evaluate_pipeline_on_a_tiny_pipeline(tiny_pipeline, tiny_dataset, tiny_
     assert "fid" not in results and "fid_skipped" not in results
     with pytest.raises(ValueError, match="scheduler 'euler' must be one of"):
         evaluate_pipeline(tiny_pipeline, tiny_dataset, num_samples=2, scheduler="euler", fid=False)
+
+
+def test_evaluate_pipeline_returns_the_images_it_scored(tiny_pipeline, tiny_dataset, tiny_classifier, tmp_path):
+    kwargs = dict(classifier=tiny_classifier, fid=False, cache_dir=tmp_path)
+    results, images = evaluate_pipeline(
+        tiny_pipeline, tiny_dataset, num_samples=5, num_inference_steps=2, seed=3, return_images=True, **kwargs
+    )
+    assert images.dtype == torch.uint8 and images.shape[0] == 5
+    again = generate_images(with_scheduler(tiny_pipeline, "ddim"), 5, 2, seed=3)
+    assert torch.equal(images, again)  # the same seeds give the same images
+    assert results["classifier_fd"] == pytest.approx(evaluate_images(images, tiny_dataset, **kwargs)["classifier_fd"])
 
 
 def test_evaluate_command_prints_a_table_and_writes_json(

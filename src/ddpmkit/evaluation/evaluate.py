@@ -188,8 +188,9 @@ def evaluate_pipeline(
     scheduler: str = "ddim",
     seed: int = 0,
     batch_size: int = 100,
+    return_images: bool = False,
     **kwargs,
-) -> dict:
+) -> "dict | tuple[dict, torch.Tensor]":
     """Generates ``num_samples`` images and scores them with :func:`evaluate_images`.
 
     Args:
@@ -201,6 +202,7 @@ def evaluate_pipeline(
             pipeline's scheduler config.
         seed: seeds the sampling noise.
         batch_size: images per pipeline call.
+        return_images: also return the scored uint8 ``(N, C, H, W)`` images, as ``(results, images)``.
         kwargs: passed to :func:`evaluate_images` (``classifier``, ``fid``, ``inception_weights``, ...).
 
     Example:
@@ -219,7 +221,7 @@ def evaluate_pipeline(
         "sampling_seconds": round(sampling_seconds, 2),
     }
     results.update(evaluate_images(images, dataset, **kwargs))
-    return results
+    return (results, images) if return_images else results
 
 
 TABLE_ROWS = (
