@@ -48,8 +48,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core).")
     parser.add_argument("--steps", type=int, default=None, help="Override the recipe's steps (smoke runs).")
     parser.add_argument("--skip_eval", action="store_true", help="Train only; score later with --eval_only.")
-    parser.add_argument("--eval_only", action="store_true",
-                        help="Score the models already trained in --work_dir (on a GPU if there is one).")
+    parser.add_argument(
+        "--eval_only",
+        action="store_true",
+        help="Score the models already trained in --work_dir (on a GPU if there is one).",
+    )
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.num_samples < 2:
         parser.error(f"--minutes must be positive and --num_samples >= 2, got {args.minutes}, {args.num_samples}")
