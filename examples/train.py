@@ -407,8 +407,10 @@ def _train(args: argparse.Namespace, accelerator, output_dir: Path) -> Path:
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(lr_scheduler, progress, *([ema] if ema else []))
     if checkpoint is not None:
-        logger.info("Resuming from %s", checkpoint)
         accelerator.load_state(str(checkpoint))
+        step = progress.global_step  # a new --max_train_steps reshapes the decay from here on: say where it stands
+        lr = lr_scheduler.base_lrs[0] * lr_scheduler.lr_lambdas[0](step)
+        logger.info("Resuming from %s at step %d of %d, learning rate %.3g", checkpoint, step, max_train_steps, lr)
     elif args.resume_from_checkpoint == "latest":
         logger.info("No checkpoint in %s yet: starting a new run", output_dir)
     if len(dataset) * dataset.images[0].numel() < 2**31:
