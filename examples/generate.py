@@ -20,12 +20,10 @@ import argparse
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from ddpmkit import ConvUNet2DModel, DDPMPipeline, DenoisingTrajectory, LinearDDPMScheduler, model_preset
-from ddpmkit.images import image_grid, save_gif, trajectory_frames, trajectory_picture
-
-SCHEDULERS = {"ddpm": None, "ddim": DDIMScheduler, "dpmsolver": DPMSolverMultistepScheduler}
+from ddpmkit.pipelines.sampling import SAMPLERS, image_generators, with_sampler
+from ddpmkit.utils.images import image_grid, save_gif, trajectory_frames, trajectory_picture
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_images", type=int, default=16, help="images in the grid (default: 16)")
     parser.add_argument("--num_trajectories", type=int, default=4, help="rows of the trajectory picture")
     parser.add_argument("--num_frames", type=int, default=10, help="columns of the trajectory picture")
-    parser.add_argument("--scheduler", choices=SCHEDULERS, default="ddim", help="sampler (default: %(default)s)")
+    parser.add_argument("--scheduler", choices=SAMPLERS, default="ddim", help="sampler (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=50, help="denoising steps (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="image i is drawn with seed + i (default: 0)")
     args = parser.parse_args(argv)
@@ -66,12 +64,10 @@ def main(args: argparse.Namespace) -> None:
 
     # 1. the pipeline, with the chosen scheduler built from the folder's scheduler config
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    pipe = DDPMPipeline.from_pretrained(args.model).to(device)
-    if SCHEDULERS[args.scheduler] is not None:
-        pipe.scheduler = SCHEDULERS[args.scheduler].from_config(pipe.scheduler.config)
+    pipe = with_sampler(DDPMPipeline.from_pretrained(args.model).to(device), args.scheduler)
 
     # 2. one generator per image, so an image depends on its seed alone, not on the batch it is drawn in
-    generators = [torch.Generator().manual_seed(args.seed + i) for i in range(args.num_images)]
+    generators = image_generators(args.seed, 0, args.num_images)
     out = pipe(
         batch_size=args.num_images,
         generator=generators,

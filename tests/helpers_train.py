@@ -1,9 +1,7 @@
-"""Tiny datasets, configs and in-process runs of examples/train.py shared by the training tests."""
+"""Tiny datasets, configs and in-process runs of ``ddpmkit train`` shared by the training tests."""
 
-import importlib.util
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +9,7 @@ import PIL.Image
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "examples" / "train.py"
+TRAIN_MODULE = ["-m", "ddpmkit", "train"]  # what `accelerate launch -m ddpmkit train` runs
 TINY_MODEL = {"block_out_channels": [8, 16], "time_embedding_dim": 8, "norm_num_groups": 4}
 
 
@@ -77,15 +76,23 @@ def train_argv(data_file: Path, output_dir: Path, model_config: Path, *extra: st
     return argv + list(extra)
 
 
-def load_train_module():
-    """examples/train.py as a module (it is a script, not part of the package)."""
-    if "ddpm_train_example" in sys.modules:
-        return sys.modules["ddpm_train_example"]
-    spec = importlib.util.spec_from_file_location("ddpm_train_example", TRAIN_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ddpm_train_example"] = module
-    spec.loader.exec_module(module)
-    return module
+def parse_train_argv(argv: list[str]):
+    """The :class:`~ddpmkit.training.TrainingConfig` that ``ddpmkit train <argv>`` builds."""
+    from ddpmkit.commands import build_parser
+    from ddpmkit.commands.train import config_from_args
+
+    return config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+def train_cli(argv: list[str]) -> int:
+    """``ddpmkit train <argv>`` in this process, returning its exit code."""
+    from ddpmkit.commands import main
+
+    reset_accelerate()
+    try:
+        return main(["train", *argv])
+    finally:
+        reset_accelerate()
 
 
 def reset_accelerate() -> None:
@@ -97,11 +104,12 @@ def reset_accelerate() -> None:
 
 
 def run_train(argv: list[str]) -> Path:
-    """Runs examples/train.py's ``main`` in this process."""
-    train = load_train_module()
+    """Runs ``ddpmkit.training.train`` with the config of ``ddpmkit train <argv>`` in this process (errors raise)."""
+    from ddpmkit.training import train
+
     reset_accelerate()
     try:
-        return train.main(train.parse_args(argv))
+        return train(parse_train_argv(argv))
     finally:
         reset_accelerate()
 

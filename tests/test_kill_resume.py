@@ -1,9 +1,10 @@
 """Training jobs under faults: kill -9 at chosen and random moments, then resume until the run completes; a full
 disk during a checkpoint and during the final save; two runs on one output folder.
 
-Each attempt is a forked copy of this (already warmed-up) test process that runs ``examples/train.py``'s ``main``,
-so a kill costs about a second instead of a Python start-up. The kills are real ``SIGKILL``s: from inside, at
-points chosen with ``DDPMKIT_FAULT_AT=<phase>:<n>``, or from outside at random wall-clock times.
+Each attempt is a forked copy of this (already warmed-up) test process that runs ``ddpmkit.training.train``, so a
+kill costs about a second instead of a Python start-up. The kills are real ``SIGKILL``s: from inside, at points
+chosen as ``<phase>:<n>`` (the forked child patches the trainer to kill itself there, see :func:`_install_fault`),
+or from outside at random wall-clock times.
 """
 
 import errno
@@ -22,17 +23,19 @@ import pytest
 import torch
 from helpers_train import (
     ROOT,
+    TRAIN_MODULE,
     TRAIN_SCRIPT,
-    load_train_module,
     make_parquet,
     run_train,
     tiny_model_config,
     train_argv,
+    train_cli,
     unet_weights,
 )
 
 from ddpmkit import DDPMPipeline
-from ddpmkit.training import CHECKPOINT_PREFIX, FAULT_ENV, OutputDirLock, list_checkpoints, resolve_checkpoint
+from ddpmkit.training import CHECKPOINT_PREFIX, list_checkpoints, resolve_checkpoint
+from ddpmkit.utils.lock import FolderLock
 
 pytestmark = pytest.mark.timeout(300)  # a hang fails the test instead of the whole run
 INTERVAL = 5
@@ -84,12 +87,14 @@ def _child(argv: list[str], markers: Path, log: Path, fault: str | None) -> None
         def mark(text: str) -> None:
             os.write(out, f"{text}\n".encode())
 
+        import ddpmkit.training.trainer as train
+
         if fault and fault.startswith("prune:"):
             _die_while_removing(f"{CHECKPOINT_PREFIX}{fault.split(':')[1]}")
         elif fault:
-            os.environ[FAULT_ENV] = fault
-        train = load_train_module()
+            _install_fault(fault)
         base = train.TrainingProgress
+        kill_at_step = int(fault.split(":")[1]) if fault and fault.startswith("step:") else None
 
         class MarkedProgress(base):
             @property
@@ -101,6 +106,8 @@ def _child(argv: list[str], markers: Path, log: Path, fault: str | None) -> None
                 self._step = value
                 if value:
                     mark(f"step {value}")
+                if value and value == kill_at_step:  # optimizer step N done, before its checkpoint
+                    os.kill(os.getpid(), signal.SIGKILL)
 
             def load_state_dict(self, state: dict) -> None:
                 mark(f"load {state['global_step']}")
@@ -120,7 +127,7 @@ def _child(argv: list[str], markers: Path, log: Path, fault: str | None) -> None
 
         train.TrainingProgress = MarkedProgress
         wrap("save_checkpoint", "checkpoint", "checkpointed")
-        wrap("save_pipeline_atomically", "save", "saved")
+        wrap("save_pretrained_atomically", "save", "saved")
         torch.set_num_threads(1)
         run_train(argv)
         mark("done")
@@ -147,6 +154,44 @@ def _own_progress_bar_lock() -> None:  # pragma: no cover - forked
         cls = classes.pop()
         cls.set_lock(lock)
         classes += cls.__subclasses__()
+
+
+def _install_fault(fault: str) -> None:  # pragma: no cover - forked
+    """Makes this process kill itself with ``SIGKILL`` at ``fault``: ``checkpoint:N`` (the state of step N written
+    to ``tmp-checkpoint-N``, metadata included, not yet renamed) or ``save:K`` (the final pipeline save, before
+    moving its K-th file; K = the number of files: all moved, before the samples and the model card)."""
+    import ddpmkit.training.checkpoints as checkpoints
+    import ddpmkit.training.trainer as trainer
+    import ddpmkit.utils.io as io
+
+    phase, _, n = fault.partition(":")
+    n = int(n)
+    if phase == "checkpoint":
+        real_write_json = checkpoints.atomic_write_json
+
+        def write_json(path, obj, *args, **kwargs):
+            real_write_json(path, obj, *args, **kwargs)
+            if Path(path).parent.name == f"tmp-{CHECKPOINT_PREFIX}{n}":
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        checkpoints.atomic_write_json = write_json
+    elif phase == "save":
+        real_move, real_save_image, moved = io.move_into, trainer.atomic_save_image, []
+
+        def move_into(file, target):
+            if len(moved) == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+            moved.append(target)
+            real_move(file, target)
+
+        def save_image(image, path, *args, **kwargs):
+            if Path(path).name == "samples.png" and len(moved) == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+            real_save_image(image, path, *args, **kwargs)
+
+        io.move_into, trainer.atomic_save_image = move_into, save_image
+    else:
+        raise ValueError(f"unknown fault {fault!r}")
 
 
 def _die_while_removing(name: str) -> None:  # pragma: no cover - forked
@@ -250,7 +295,7 @@ def check_completed_run(out: Path, reference: Path, attempts: list[Attempt]) -> 
     assert [p.name for p in list_checkpoints(out)] == [p.name for p in list_checkpoints(reference)]
     leftovers = [p.name for p in out.iterdir() if p.name.startswith(("tmp-", ".tmp-"))]
     assert not leftovers, leftovers
-    OutputDirLock(out).acquire().release()
+    FolderLock(out).acquire().release()
     # 3. each resume restarts at most one checkpoint interval before where the killed attempt had got to
     for killed, resumed in zip(attempts[:-1], attempts[1:], strict=True):
         redone = killed.reached - resumed.start
@@ -334,13 +379,12 @@ def test_killed_run_resumes_to_the_uninterrupted_result(job, kills):
 
 
 def _one_error_line(err: str) -> str:
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    errors = [line for line in err.splitlines() if line.startswith("ddpmkit train: error: ")]
     assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
     return errors[0]
 
 
 def test_full_disk_at_a_checkpoint_stops_clearly_then_resumes_to_the_uninterrupted_result(job, monkeypatch, capsys):
-    train = load_train_module()
     out = job.out("full-disk-checkpoint")
     real_save = torch.save
 
@@ -352,13 +396,13 @@ def test_full_disk_at_a_checkpoint_stops_clearly_then_resumes_to_the_uninterrupt
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save)
-    assert train.cli(train_argv(job.data, out, job.model_config, **FLAGS)) == 1
+    assert train_cli(train_argv(job.data, out, job.model_config, **FLAGS)) == 1
     error = _one_error_line(capsys.readouterr().err)
     assert "step 10" in error and "disk is full" in error and "checkpoint-5 is intact" in error
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-5"]
     assert not (out / "model_index.json").exists() and not list(out.glob("tmp-*"))
     monkeypatch.setattr(torch, "save", real_save)
-    assert train.cli(train_argv(job.data, out, job.model_config, "--resume_from_checkpoint", "latest", **FLAGS)) == 0
+    assert train_cli(train_argv(job.data, out, job.model_config, "--resume_from_checkpoint", "latest", **FLAGS)) == 0
     check_completed_run(out, job.reference, [])
 
 
@@ -366,11 +410,10 @@ def test_full_disk_at_a_checkpoint_stops_clearly_then_resumes_to_the_uninterrupt
 def test_full_disk_during_the_final_save_keeps_the_checkpoint_and_says_so(job, monkeypatch, capsys, target):
     import safetensors.torch
 
-    import ddpmkit.training as training
+    import ddpmkit.utils.io as io
 
-    train = load_train_module()
     out = job.out("full-disk-save-" + target.replace(" ", "-"))
-    real_save_file, real_write = safetensors.torch.save_file, training._write_file
+    real_save_file, real_write = safetensors.torch.save_file, io.write_file
 
     def save_file(tensors, filename, *args, **kwargs):
         if ".tmp-pipeline-" in str(filename):
@@ -386,8 +429,8 @@ def test_full_disk_during_the_final_save_keeps_the_checkpoint_and_says_so(job, m
     if target == "unet weights":
         monkeypatch.setattr(safetensors.torch, "save_file", save_file)
     else:
-        monkeypatch.setattr(training, "_write_file", write_file)
-    assert train.cli(train_argv(job.data, out, job.model_config, **FLAGS)) == 1
+        monkeypatch.setattr(io, "write_file", write_file)
+    assert train_cli(train_argv(job.data, out, job.model_config, **FLAGS)) == 1
     error = _one_error_line(capsys.readouterr().err)
     assert "disk is full" in error and "checkpoint-20 is intact" in error
     assert "--resume_from_checkpoint latest" in error
@@ -396,7 +439,7 @@ def test_full_disk_during_the_final_save_keeps_the_checkpoint_and_says_so(job, m
     if target == "unet weights":
         assert not (out / "model_index.json").exists()
     monkeypatch.undo()
-    assert train.cli(train_argv(job.data, out, job.model_config, "--resume_from_checkpoint", "latest", **FLAGS)) == 0
+    assert train_cli(train_argv(job.data, out, job.model_config, "--resume_from_checkpoint", "latest", **FLAGS)) == 0
     check_completed_run(out, job.reference, [])
 
 
@@ -413,14 +456,13 @@ def _wait_for_marker(markers: Path, log: Path, text: str, timeout: float = 60) -
 
 
 def test_a_second_run_refuses_a_busy_folder_and_a_killed_run_does_not_keep_it(job, capsys):
-    train = load_train_module()
     out = job.out("two-runs")
     long_run = train_argv(job.data, out, job.model_config, max_train_steps=100_000, checkpointing_steps=3)
     pid, markers, log = _fork_attempt(long_run, out, None)
     try:
         _wait_for_marker(markers, log, "step 4")  # training, with checkpoint-3 written
         os.kill(pid, signal.SIGSTOP)  # holds the folder, without racing this test
-        assert train.cli(train_argv(job.data, out, job.model_config)) == 1
+        assert train_cli(train_argv(job.data, out, job.model_config)) == 1
         error = _one_error_line(capsys.readouterr().err)
         assert "in use by another training run" in error and f"({pid}@" in error
         assert not (out / "model_index.json").exists()
@@ -431,7 +473,7 @@ def test_a_second_run_refuses_a_busy_folder_and_a_killed_run_does_not_keep_it(jo
     # ...but not its lock: the next run takes the folder over and resumes
     resume = train_argv(job.data, out, job.model_config, "--resume_from_checkpoint", "latest", max_train_steps=6,
                         checkpointing_steps=3)  # fmt: skip
-    assert train.cli(resume) == 0, capsys.readouterr().err[-3000:]
+    assert train_cli(resume) == 0, capsys.readouterr().err[-3000:]
     assert re.search(r"Resuming from \S+checkpoint-\d+ at step \d+ of 6, learning rate ", capsys.readouterr().err)
     DDPMPipeline.from_pretrained(out)
     assert not (out / ".ddpmkit.lock").exists()
@@ -482,20 +524,20 @@ def test_many_kill_points_all_resume_to_the_uninterrupted_result(job, capsys):
 
 def _subprocess_env() -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "tests"), TOKENIZERS_PARALLELISM="false")
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", FAULT_ENV):
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         env.pop(key, None)
     return env
 
 
 @pytest.mark.slow
 def test_a_real_script_process_killed_twice_at_random_moments_resumes(job):
-    """``python examples/train.py`` in its own interpreter, killed from outside twice at random moments after a
+    """``python -m ddpmkit train`` in its own interpreter, killed from outside twice at random moments after a
     random checkpoint appears, then resumed until it completes."""
     rng = random.Random(7)
     out = job.out("script")
     for attempt in range(2):
         extra = ("--resume_from_checkpoint", "latest") if attempt else ()
-        argv = [sys.executable, str(TRAIN_SCRIPT), *train_argv(job.data, out, job.model_config, *extra, **FLAGS)]
+        argv = [sys.executable, *TRAIN_MODULE, *train_argv(job.data, out, job.model_config, *extra, **FLAGS)]
         proc = subprocess.Popen(argv, env=_subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         target = out / f"{CHECKPOINT_PREFIX}{rng.choice([5, 10, 15])}"
         deadline = time.monotonic() + ATTEMPT_TIMEOUT_S
@@ -505,7 +547,7 @@ def test_a_real_script_process_killed_twice_at_random_moments_resumes(job):
         proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode in (-signal.SIGKILL, 0), err.decode()[-3000:]
-    argv = [sys.executable, str(TRAIN_SCRIPT),
+    argv = [sys.executable, *TRAIN_MODULE,
             *train_argv(job.data, out, job.model_config, "--resume_from_checkpoint", "latest", **FLAGS)]  # fmt: skip
     result = subprocess.run(argv, env=_subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -531,7 +573,7 @@ def test_accelerate_launch_with_two_processes_refuses_a_busy_folder(job):
         result = subprocess.run(argv, env=_subprocess_env(), capture_output=True, text=True, timeout=300)
         output = result.stdout + result.stderr
         assert result.returncode != 0, output[-3000:]
-        errors = [line for line in output.splitlines() if line.startswith("error: ")]
+        errors = [line for line in output.splitlines() if line.startswith("ddpmkit train: error: ")]
         assert len(errors) == 1 and "in use by another training run" in errors[0] and f"({pid}@" in errors[0]
         assert sorted(p.name for p in out.iterdir()) == before  # nothing written by the refused run
     finally:

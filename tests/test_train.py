@@ -1,4 +1,4 @@
-"""Tests of examples/train.py and ddpmkit.training: tiny models, a few steps each."""
+"""Tests of ``ddpmkit train`` and ddpmkit.training: tiny models, a few steps each."""
 
 import errno
 import json
@@ -14,27 +14,26 @@ import torch
 from helpers_train import (
     ROOT,
     TRAIN_SCRIPT,
-    load_train_module,
     make_parquet,
     run_train,
     tiny_model_config,
     train_argv,
+    train_cli,
     unet_weights,
 )
 
 from ddpmkit import DDPMPipeline
 from ddpmkit.training import (
-    EMAModel,
     LossMonitor,
     NonFiniteLossError,
-    OutputDirLock,
     TrainingError,
-    atomic_write_bytes,
     build_lr_scheduler,
     list_checkpoints,
     lr_lambda,
     micro_batch_indices,
 )
+from ddpmkit.utils.io import atomic_write_bytes
+from ddpmkit.utils.lock import FolderInUseError, FolderLock
 
 
 @pytest.fixture
@@ -80,30 +79,6 @@ def test_lr_warmup_then_cosine_to_floor():
     assert halfway == pytest.approx(0.5)
 
 
-def test_ema_follows_the_diffusers_decay_and_round_trips():
-    model = torch.nn.Linear(3, 1, bias=False)
-    with torch.no_grad():
-        model.weight.zero_()
-    ema = EMAModel(model, max_decay=0.999, inv_gamma=1.0, power=0.75)
-    with torch.no_grad():
-        model.weight.fill_(1.0)
-    ema.step(model)  # decay 0 at the first step: copies the weights
-    assert torch.equal(ema.shadow[0], torch.ones(1, 3))
-    with torch.no_grad():
-        model.weight.fill_(2.0)
-    ema.step(model)
-    decay = 1 - (1 + 1) ** -0.75
-    assert ema.shadow[0][0, 0].item() == pytest.approx(decay * 1 + (1 - decay) * 2)
-    restored = EMAModel(model)
-    restored.load_state_dict(ema.state_dict())
-    assert torch.equal(restored.shadow[0], ema.shadow[0]) and restored.optimization_step == 2
-    target = torch.nn.Linear(3, 1, bias=False)
-    restored.copy_to(target)
-    assert torch.equal(target.weight, ema.shadow[0])
-    with pytest.raises(ValueError, match="same --model_config"):
-        EMAModel(torch.nn.Linear(4, 1)).load_state_dict(ema.state_dict())
-
-
 def test_micro_batches_partition_each_step_across_processes_and_accumulation():
     permutation = torch.randperm(100, generator=torch.Generator().manual_seed(0))
     seen = []
@@ -127,7 +102,7 @@ def test_loss_monitor_syncs_rarely_and_names_the_bad_step():
 
 
 def test_atomic_write_keeps_the_old_file_on_a_full_disk(tmp_path, monkeypatch):
-    import ddpmkit.training as training
+    import ddpmkit.utils.io as io
 
     path = tmp_path / "model_index.json"
     atomic_write_bytes(path, b"old")
@@ -137,7 +112,7 @@ def test_atomic_write_keeps_the_old_file_on_a_full_disk(tmp_path, monkeypatch):
             f.write(data[:1])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(training, "_write_file", full_disk)
+    monkeypatch.setattr(io, "write_file", full_disk)
     with pytest.raises(OSError, match="No space"):
         atomic_write_bytes(path, b"new contents")
     assert path.read_bytes() == b"old"
@@ -146,18 +121,18 @@ def test_atomic_write_keeps_the_old_file_on_a_full_disk(tmp_path, monkeypatch):
 
 
 def test_output_dir_lock_refuses_a_second_run_and_frees_a_crashed_one(tmp_path):
-    with OutputDirLock(tmp_path):
-        with pytest.raises(TrainingError, match="in use by another training run"):
-            OutputDirLock(tmp_path).acquire()
+    with FolderLock(tmp_path):
+        with pytest.raises(FolderInUseError, match=rf"in use by another training run \({os.getpid()}@"):
+            FolderLock(tmp_path).acquire()
     # a process that takes the lock and dies without releasing it (forked: no second interpreter start-up)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
-        OutputDirLock(tmp_path).acquire()
+        FolderLock(tmp_path).acquire()
         os.kill(os.getpid(), signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     assert (tmp_path / ".ddpmkit.lock").exists()  # the file stays...
-    OutputDirLock(tmp_path).acquire().release()  # ...but the lock does not
+    FolderLock(tmp_path).acquire().release()  # ...but the lock does not
 
 
 # --- the script -----------------------------------------------------------------------------------------------------
@@ -269,8 +244,9 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, data_fil
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
     tmp_path, data_file, model_config, monkeypatch
 ):
-    train = load_train_module()
-    real_loss = train.diffusion_loss
+    import ddpmkit.training.trainer as trainer
+
+    real_loss = trainer.diffusion_loss
     calls = []
 
     def loss(*args, **kwargs):
@@ -278,7 +254,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
         value = real_loss(*args, **kwargs)
         return value * float("nan") if len(calls) >= 5 else value
 
-    monkeypatch.setattr(train, "diffusion_loss", loss)
+    monkeypatch.setattr(trainer, "diffusion_loss", loss)
     out = tmp_path / "out"
     with pytest.raises(NonFiniteLossError, match="loss became nan at step 5") as info:
         run_train(train_argv(data_file, out, model_config, max_train_steps=8, checkpointing_steps=4, logging_steps=3))
@@ -290,10 +266,9 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
 
 
 def test_second_run_on_a_locked_output_dir_refuses(tmp_path, data_file, model_config, capsys):
-    train = load_train_module()
     out = tmp_path / "out"
-    with OutputDirLock(out):
-        code = train.cli(train_argv(data_file, out, model_config))
+    with FolderLock(out):
+        code = train_cli(train_argv(data_file, out, model_config))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "in use by another training run" in err[0]
     assert not (out / "model_index.json").exists()
@@ -305,14 +280,16 @@ def test_checkpoint_from_a_different_config_is_refused_before_training(tmp_path,
     other = tiny_model_config(tmp_path / "other", block_out_channels=[8, 8])
     with pytest.raises(ValueError, match="different unet config.*block_out_channels"):
         run_train(train_argv(data_file, out, other, "--resume_from_checkpoint", "latest", max_train_steps=4))
-    with pytest.raises(ValueError, match="already holds a different model"):
+    with pytest.raises(ValueError, match="already holds checkpoint-2; continue it with --resume_from_checkpoint"):
         run_train(train_argv(data_file, out, other, max_train_steps=4))
-    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]  # nothing trained or overwritten
+    (out / "checkpoint-2" / "ddpmkit_checkpoint.json").unlink()  # no checkpoint left: only the saved pipeline
+    with pytest.raises(ValueError, match="already holds a different model"):
+        run_train(train_argv(data_file, out, other, "--resume_from_checkpoint", "latest", max_train_steps=4))
+    assert (out / "checkpoint-2" / "model.safetensors").is_file()  # nothing trained or overwritten
     assert unet_weights(out)["conv_out.weight"].shape[1] == 8
 
 
 def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, data_file, model_config, capsys):
-    train = load_train_module()
     cases = [
         (train_argv(data_file, tmp_path / "a", model_config, resolution=7), "resize the images to 8"),
         (train_argv(data_file, tmp_path / "b", "tiny", resolution=6), "--resolution 8"),
@@ -323,9 +300,9 @@ def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, data_file, model_con
         (train_argv(data_file, tmp_path / "g", "huge"), "unknown --model_config 'huge'"),
     ]
     for argv, message in cases:
-        assert train.cli(argv) == 2, message
+        assert train_cli(argv) == 2, message
         err = capsys.readouterr().err
-        errors = [line for line in err.splitlines() if line.startswith("error: ")]
+        errors = [line for line in err.splitlines() if line.startswith("ddpmkit train: error: ")]
         assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, err[-2000:]
     assert not (tmp_path / "a").exists()  # refused before anything was written
 
@@ -413,7 +390,6 @@ def test_eval_steps_scores_ema_samples_into_history_tensorboard_and_card(tmp_pat
 
 
 def test_eval_flags_name_the_fix(tmp_path, data_file, model_config, capsys):
-    train = load_train_module()
     bad = [
         ({"eval_steps": 2, "eval_data": str(tmp_path)}, "has no train.parquet; pass --eval_data"),
         ({"eval_steps": 2}, "ships no classifier for 'data'"),
@@ -422,5 +398,61 @@ def test_eval_flags_name_the_fix(tmp_path, data_file, model_config, capsys):
         ({"snr_gamma": -1}, "--snr_gamma must be >= 0"),
     ]
     for flags, message in bad:
-        assert train.cli(train_argv(data_file, tmp_path / "out", model_config, **flags)) == 2
+        assert train_cli(train_argv(data_file, tmp_path / "out", model_config, **flags)) == 2
         assert message in capsys.readouterr().err
+
+
+# --- nothing lost: reruns, branches and damaged checkpoints ---------------------------------------------------------
+
+
+def test_the_same_command_twice_refuses_and_keeps_the_finished_run(tmp_path, data_file, model_config, capsys):
+    out = tmp_path / "out"
+    argv = train_argv(data_file, out, model_config, max_train_steps=4, checkpointing_steps=2)
+    assert train_cli(argv) == 0
+    before = {p.name: (p / "model.safetensors").read_bytes() for p in list_checkpoints(out)}
+    capsys.readouterr()
+    assert train_cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds checkpoint-4" in err[0] and "--resume_from_checkpoint latest" in err[0]
+    assert {p.name: (p / "model.safetensors").read_bytes() for p in list_checkpoints(out)} == before
+
+
+def test_resuming_an_older_checkpoint_never_writes_over_a_newer_one(tmp_path, data_file, model_config, capsys):
+    out = tmp_path / "out"
+    assert train_cli(train_argv(data_file, out, model_config, max_train_steps=6, checkpointing_steps=2)) == 0
+    newest = (out / "checkpoint-6" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    argv = train_argv(data_file, out, model_config, "--resume_from_checkpoint", str(out / "checkpoint-2"),
+                      max_train_steps=6, checkpointing_steps=2)  # fmt: skip
+    assert train_cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checkpoint-4, checkpoint-6, newer than checkpoint-2" in err[0]
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    assert (out / "checkpoint-6" / "model.safetensors").read_bytes() == newest
+
+
+@pytest.mark.parametrize("damage", ["truncate-model", "empty-optimizer", "garbage-ema", "bad-meta"])
+def test_latest_skips_a_damaged_checkpoint_and_an_explicit_one_is_one_line(
+    tmp_path, data_file, model_config, capsys, caplog, damage
+):
+    flags = dict(max_train_steps=4, checkpointing_steps=2)
+    out = tmp_path / "out"
+    argv = train_argv(data_file, out, model_config, **flags)
+    assert train_cli(argv) == 0
+    (out / "model_index.json").unlink()  # as if the run had died after its last checkpoint
+    latest = out / "checkpoint-4"
+    target = {"truncate-model": "model.safetensors", "empty-optimizer": "optimizer.bin",
+              "garbage-ema": "custom_checkpoint_2.pkl", "bad-meta": "ddpmkit_checkpoint.json"}[damage]  # fmt: skip
+    data = (latest / target).read_bytes()
+    (latest / target).write_bytes({"truncate-model": data[: len(data) // 2], "empty-optimizer": b"",
+                                   "garbage-ema": b"\x80garbage" * 10, "bad-meta": b"{not json"}[damage])  # fmt: skip
+    capsys.readouterr()
+    explicit = train_argv(data_file, out, model_config, "--resume_from_checkpoint", str(latest), **flags)
+    assert train_cli(explicit) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and target in err[0] and "Traceback" not in err[0], err
+    with caplog.at_level("WARNING"):
+        assert train_cli(train_argv(data_file, out, model_config, "--resume_from_checkpoint", "latest", **flags)) == 0
+    assert f"Skipping checkpoint-4: {latest / target}" in caplog.text
+    assert (out / "model_index.json").is_file()  # trained steps 3-4 again from checkpoint-2 and saved
+    assert (out / "checkpoint-4.damaged" / target).is_file() and (out / "checkpoint-4" / target).is_file()

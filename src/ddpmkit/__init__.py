@@ -2,10 +2,10 @@
 
 __version__ = "0.1.0"
 
-from .loading import CorruptFolderError, UnsafeFolderError
 from .models import MODEL_PRESETS, ConvUNet2DModel, UNet2DOutput, model_preset
 from .pipelines import DDPMPipeline, DDPMPipelineOutput, DenoisingTrajectory
 from .schedulers import DDPMSchedulerOutput, LinearDDPMScheduler
+from .utils.loading import CorruptFolderError, UnsafeFolderError
 
 __all__ = [
     "ConvUNet2DModel",

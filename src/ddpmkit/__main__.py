@@ -1,8 +1,8 @@
-"""``python -m ddpmkit``: the same as the ``ddpmkit`` command."""
+"""``python -m ddpmkit`` (and ``accelerate launch -m ddpmkit train ...``): the same as the ``ddpmkit`` command."""
 
 import sys
 
-from .cli import main
+from .commands import main
 
 if __name__ == "__main__":
     sys.exit(main())

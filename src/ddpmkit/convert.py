@@ -16,10 +16,10 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from .loading import CorruptFolderError, UnsafeFolderError
 from .models import ConvUNet2DModel
 from .pipelines import DDPMPipeline
 from .schedulers import LinearDDPMScheduler
+from .utils.loading import CorruptFolderError, UnsafeFolderError
 
 # tutorial key pattern -> ddpmkit key
 _BLOCK_PARTS = {

@@ -8,7 +8,7 @@ safetensors, so training never waits on JPEG/PNG decoding and a second run does 
 (torch.Size([60000, 1, 32, 32]), tensor(True))
 """
 
-import argparse
+import errno
 import hashlib
 import io
 import json
@@ -22,6 +22,10 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
+
+from .utils.cache import cache_root as cache_root_of
+from .utils.images import image_grid
+from .utils.io import atomic_save_image, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -102,77 +106,6 @@ class ImageTensorDataset(torch.utils.data.Dataset):
         labels = "" if self.labels is None else ", labelled"
         n, c, h, w = self.images.shape
         return f"ImageTensorDataset({n} images, {c}x{h}x{w}{labels}, from {self.source})"
-
-
-def add_dataset_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Adds the data flags (names as in diffusers' ``train_unconditional.py``) to ``parser``."""
-    group = parser.add_argument_group("data")
-    group.add_argument(
-        "--dataset", type=str, default=None,
-        help=f"A named dataset: one of {', '.join(DATASET_PRESETS)}. Sets the Hub id and the image/label columns; "
-        "with --train_data_files, reads a local copy with those columns instead of the Hub.",
-    )  # fmt: skip
-    group.add_argument(
-        "--dataset_name", type=str, default=None,
-        help="Any Hugging Face Hub dataset id (or local dataset script/folder) holding an image column.",
-    )  # fmt: skip
-    group.add_argument("--dataset_config_name", type=str, default=None, help="The config of --dataset_name, if any.")
-    group.add_argument(
-        "--train_data_dir", type=str, default=None,
-        help="A folder of image files (searched recursively). Images in class subfolders get labels.",
-    )  # fmt: skip
-    group.add_argument(
-        "--train_data_files", type=str, nargs="+", default=None,
-        help="Local Parquet/Arrow files, e.g. ../shared/data/mnist/train.parquet (columns as on the Hub).",
-    )  # fmt: skip
-    group.add_argument("--image_column", type=str, default=None, help="The column holding the images.")
-    group.add_argument("--label_column", type=str, default=None, help="The column holding integer class labels.")
-    group.add_argument("--split", type=str, default="train", help="The dataset split to train on.")
-    group.add_argument(
-        "--resolution", type=int, default=32,
-        help="Images are resized to resolution x resolution (the tutorial's 32). Must suit the UNet's levels.",
-    )  # fmt: skip
-    group.add_argument(
-        "--channels", type=int, default=None, choices=(1, 3),
-        help="Force 1 (grayscale) or 3 (RGB) channels. Default: what the data holds (the majority mode).",
-    )  # fmt: skip
-    group.add_argument(
-        "--center_crop", action="store_true",
-        help="Resize the shorter side then crop the center square, keeping the aspect ratio. Default: resize the "
-        "whole image to a square, as the tutorial does.",
-    )  # fmt: skip
-    group.add_argument(
-        "--random_flip", action="store_true",
-        help="Mirror images left-right at random while training. Off by default: flipped digits are wrong digits.",
-    )  # fmt: skip
-    group.add_argument(
-        "--cache_dir", type=str, default=None,
-        help="Where downloaded datasets and decoded image tensors are cached (default: ~/.cache/ddpmkit).",
-    )  # fmt: skip
-    group.add_argument(
-        "--max_train_samples", type=int, default=None,
-        help="Keep only the first N images (for debugging or quick runs).",
-    )  # fmt: skip
-    return parser
-
-
-def dataset_from_args(args: argparse.Namespace) -> ImageTensorDataset:
-    """Loads the dataset the flags of :func:`add_dataset_args` describe."""
-    return load_image_dataset(
-        dataset=args.dataset,
-        dataset_name=args.dataset_name,
-        dataset_config_name=args.dataset_config_name,
-        train_data_dir=args.train_data_dir,
-        train_data_files=args.train_data_files,
-        image_column=args.image_column,
-        label_column=args.label_column,
-        split=args.split,
-        resolution=args.resolution,
-        channels=args.channels,
-        center_crop=args.center_crop,
-        cache_dir=args.cache_dir,
-        max_train_samples=args.max_train_samples,
-    )
 
 
 def check_dataset_args(
@@ -257,7 +190,7 @@ def load_image_dataset(
     check_dataset_args(
         dataset, dataset_name, train_data_dir, train_data_files, resolution, channels, max_train_samples
     )
-    cache_root = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+    cache_root = cache_root_of(cache_dir)
     preset = DATASET_PRESETS.get(dataset) if dataset else None
     if preset is not None:
         image_column = image_column or preset.image_column
@@ -328,6 +261,7 @@ def decode_images(
         try:
             opened.append((index, _open_image(item)))
         except (OSError, ValueError, PIL.Image.DecompressionBombError) as error:
+            _raise_if_resource_error(error, item)
             bad.append((index, error))
 
     # 2. the channel count: forced, else the majority of the modes
@@ -350,6 +284,7 @@ def decode_images(
         try:
             array = np.asarray(_resize(_convert(image, mode), resolution, center_crop))
         except (OSError, ValueError, PIL.Image.DecompressionBombError) as error:
+            _raise_if_resource_error(error, item)
             bad.append((index, error))
             continue
         out[len(keep)] = array.reshape(resolution, resolution, channels)
@@ -375,30 +310,15 @@ def save_preview_grid(
     dataset: ImageTensorDataset, path: str | os.PathLike, nrow: int = 10, seed: int = 0
 ) -> PIL.Image.Image:
     """Saves the tutorial's grid of random training images (``nrow x nrow``, fewer if the data is smaller)."""
-    from diffusers.utils import make_image_grid
-
-    from .training import atomic_save_image
-
     count = min(nrow * nrow, len(dataset))
     generator = torch.Generator().manual_seed(seed)
     indices = torch.randperm(len(dataset), generator=generator)[:count]
-    images = [dataset.to_pil(int(i)) for i in indices]
-    cols = min(nrow, count)
-    rows = -(-count // cols)
-    images += [PIL.Image.new(images[0].mode, images[0].size)] * (rows * cols - count)
-    grid = make_image_grid(images, rows=rows, cols=cols)
+    grid = image_grid([dataset.to_pil(int(i)) for i in indices], ncols=min(nrow, count))
     atomic_save_image(grid, path)
     return grid
 
 
 # --- sources --------------------------------------------------------------------------------------------------------
-
-
-def _default_cache_dir() -> Path:
-    base = os.environ.get("DDPMKIT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")), "ddpmkit"
-    )
-    return Path(base)
 
 
 def _list_image_files(folder: Path) -> list[Path]:
@@ -507,13 +427,35 @@ def _open_image(item) -> PIL.Image.Image:
         if item.get("bytes") is not None:
             return PIL.Image.open(io.BytesIO(item["bytes"]))
         if item.get("path"):
-            return PIL.Image.open(item["path"])
+            return _open_path(item["path"])
         raise ValueError("image entry holds neither bytes nor a path")
     if isinstance(item, (bytes, bytearray)):
         return PIL.Image.open(io.BytesIO(item))
     if isinstance(item, (str, os.PathLike)):
-        return PIL.Image.open(item)
+        return _open_path(item)
     raise ValueError(f"cannot read an image from a {type(item).__name__}")
+
+
+def _open_path(path) -> PIL.Image.Image:
+    """The image at ``path``, read into memory: PIL keeps a lazily opened file open, and holding one per image
+    runs out of file descriptors on folders of more than ``ulimit -n`` images."""
+    with open(path, "rb") as f:
+        return PIL.Image.open(io.BytesIO(f.read()))
+
+
+RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS)
+
+
+def _raise_if_resource_error(error: BaseException, item) -> None:
+    """A machine out of file descriptors or memory says nothing about the image: stop instead of skipping it (and
+    caching a shortened dataset)."""
+    if isinstance(error, OSError) and error.errno in RESOURCE_ERRNOS:
+        where = item.get("path") if isinstance(item, dict) else item if isinstance(item, (str, os.PathLike)) else None
+        raise OSError(
+            error.errno,
+            f"could not read {where or 'an image'}: {os.strerror(error.errno)}; raise the limit (e.g. `ulimit -n "
+            "4096`) or free memory, then run again",
+        ) from error
 
 
 def _convert(image: PIL.Image.Image, mode: str) -> PIL.Image.Image:
@@ -565,8 +507,6 @@ def _read_cache(path: Path) -> tuple[torch.Tensor, torch.Tensor | None] | None:
 
 def _write_cache(path: Path, images: torch.Tensor, labels: torch.Tensor | None, source: str) -> None:
     from safetensors.torch import save
-
-    from .training import atomic_write_bytes
 
     tensors = {"images": images} if labels is None else {"images": images, "labels": labels}
     try:

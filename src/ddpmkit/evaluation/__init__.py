@@ -14,17 +14,13 @@ from .classifier import (
     prediction_summary,
     train_classifier,
 )
-from .cli import add_train_classifier_parser, train_classifier_command
 from .dataset import LabelledImages, load_labelled_images, random_subset
 from .evaluate import (
     SCHEDULERS,
-    add_evaluate_parser,
-    evaluate_command,
     evaluate_images,
     evaluate_pipeline,
     format_table,
     generate_images,
-    with_scheduler,
 )
 from .features import ClassifierFeatures, InceptionFeatures, dataset_statistics, default_cache_dir
 from .frechet import FeatureStatistics, frechet_distance, statistics_distance
@@ -40,13 +36,10 @@ __all__ = [
     "InceptionFeatures",
     "LabelledImages",
     "accuracy",
-    "add_evaluate_parser",
-    "add_train_classifier_parser",
     "bundled_classifier_path",
     "classify",
     "dataset_statistics",
     "default_cache_dir",
-    "evaluate_command",
     "evaluate_images",
     "evaluate_pipeline",
     "find_inception_weights",
@@ -59,6 +52,4 @@ __all__ = [
     "random_subset",
     "statistics_distance",
     "train_classifier",
-    "train_classifier_command",
-    "with_scheduler",
 ]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
+from ..utils.cache import cache_root
 from .classifier import ImageClassifier, classify
 from .dataset import LabelledImages, file_fingerprint, load_labelled_images, random_subset
 from .frechet import FeatureStatistics
@@ -76,8 +77,7 @@ class InceptionFeatures:
 
 def default_cache_dir() -> Path:
     """``$DDPMKIT_CACHE/stats``, by default ``~/.cache/ddpmkit/stats``."""
-    root = os.environ.get("DDPMKIT_CACHE", Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "ddpmkit")
-    return Path(root).expanduser() / "stats"
+    return cache_root() / "stats"
 
 
 def _stats_key(

@@ -1,9 +1,8 @@
 """The residual convolution block with timestep injection (the tutorial's ``ConvBlock``)."""
 
 import torch
+from diffusers.models.activations import get_activation
 from torch import nn
-
-from .activations import get_activation
 
 
 class TimeConditionedResBlock(nn.Module):

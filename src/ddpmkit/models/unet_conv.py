@@ -6,11 +6,11 @@ from typing import Literal
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.activations import ACT2CLS, get_activation
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from .activations import ACTIVATIONS, get_activation
 from .blocks import TimeConditionedResBlock
 from .embeddings import SinusoidalTimestepEmbedding
 
@@ -142,8 +142,8 @@ class ConvUNet2DModel(ModelMixin, ConfigMixin):
         if isinstance(norm_eps, bool) or not isinstance(norm_eps, (int, float)) or not 0 < norm_eps < 1:
             raise ValueError(f"norm_eps must be a float in (0, 1), got {norm_eps!r}")
         for name, value in (("act_fn", act_fn), ("time_embedding_act_fn", time_embedding_act_fn)):
-            if value not in ACTIVATIONS:
-                raise ValueError(f"{name} {value!r} is not supported; use one of {sorted(ACTIVATIONS)}")
+            if value not in ACT2CLS:
+                raise ValueError(f"{name} {value!r} is not supported; use one of {sorted(ACT2CLS)}")
         if num_class_embeds is not None:
             _check_int("num_class_embeds", num_class_embeds, 1, 1_000_000)
         factor = 2 ** (len(block_out_channels) - 1)
@@ -164,10 +164,10 @@ class ConvUNet2DModel(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, allow_pickle: bool = False, **kwargs):
-        """Loads a saved model after checking its folder (safetensors and JSON only; see :mod:`ddpmkit.loading`).
+        """Loads a saved model after checking its folder (safetensors and JSON only; see :mod:`ddpmkit.utils.loading`).
 
         ``allow_pickle=True`` (or diffusers' ``use_safetensors=False``) opts into legacy pickled weights."""
-        from ..loading import CorruptFolderError, check_component_folder
+        from ..utils.loading import CorruptFolderError, check_component_folder
 
         allow_pickle = allow_pickle or kwargs.get("use_safetensors", True) is not True
         folder = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")

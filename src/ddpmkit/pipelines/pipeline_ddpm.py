@@ -9,7 +9,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..loading import load_pipeline_safely
+from .loading import load_pipeline_safely
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 

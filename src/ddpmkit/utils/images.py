@@ -8,12 +8,16 @@ mode ``L`` for one channel, ``RGB`` for three.
 import math
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import PIL.Image
 import torch
 
-from .pipelines import DenoisingTrajectory
+from .io import atomic_save_image
+
+if TYPE_CHECKING:  # only the annotations need it: a trajectory is read through its attributes
+    from ..pipelines import DenoisingTrajectory
 
 ImageBatch = torch.Tensor | np.ndarray | Sequence[PIL.Image.Image]
 
@@ -97,7 +101,7 @@ def image_grid(images: ImageBatch, ncols: int | None = None, padding: int = 2, s
 
 
 def _trajectory_columns(
-    trajectory: DenoisingTrajectory, final_images: ImageBatch | None, show_x0: bool
+    trajectory: "DenoisingTrajectory", final_images: ImageBatch | None, show_x0: bool
 ) -> list[tuple[list[PIL.Image.Image], list[PIL.Image.Image] | None]]:
     """For every recorded step (and the final images, if given): the ``x_t`` and, if asked, ``x_0`` images."""
     if show_x0 and trajectory.pred_original_samples is None:
@@ -123,7 +127,7 @@ def _trajectory_columns(
 
 
 def trajectory_picture(
-    trajectory: DenoisingTrajectory,
+    trajectory: "DenoisingTrajectory",
     final_images: ImageBatch | None = None,
     show_x0: bool = False,
     padding: int = 2,
@@ -155,7 +159,7 @@ def trajectory_picture(
 
 
 def trajectory_frames(
-    trajectory: DenoisingTrajectory,
+    trajectory: "DenoisingTrajectory",
     final_images: ImageBatch | None = None,
     show_x0: bool = False,
     padding: int = 2,
@@ -178,9 +182,9 @@ def save_gif(
         if isinstance(value, bool) or not isinstance(value, int) or value < 10:
             raise ValueError(f"{name} must be an integer of at least 10 milliseconds, got {value!r}")
     durations = [frame_ms] * (len(frames) - 1) + [last_frame_ms]
-    frames[0].save(
+    atomic_save_image(
+        frames[0],
         path,
-        format="GIF",
         save_all=True,
         append_images=frames[1:],
         duration=durations,

@@ -1,8 +1,0 @@
-"""``python -m ddpmkit.evaluation {train-classifier,evaluate} ...``."""
-
-import sys
-
-from .cli import main
-
-if __name__ == "__main__":
-    sys.exit(main())
