@@ -1,4 +1,6 @@
+import contextlib
 import itertools
+import json
 
 import pytest
 import torch
@@ -8,12 +10,23 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
 )
+from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput as DiffusersDDPMSchedulerOutput
 
+import ddpmkit
+import ddpmkit.schedulers
 from ddpmkit import LinearDDPMScheduler
 
 # diffusers' DDPMScheduler turns "fixed_large_log" into NaN (sqrt of a log variance); it is tested on its own below.
 VARIANCE_TYPES = ["fixed_small", "fixed_small_log", "fixed_large"]
 PREDICTION_TYPES = ["epsilon", "sample", "v_prediction"]
+# A scheduler_config.json as the class before the DDPMScheduler subclass wrote it (the tutorial's sampler).
+SAVED_CONFIG = """{
+  "_class_name": "LinearDDPMScheduler", "_diffusers_version": "0.42.1", "beta_end": 0.015, "beta_schedule": "linear",
+  "beta_start": 0.0001, "clip_prev_sample": true, "clip_sample": false, "clip_sample_range": 1.0,
+  "dynamic_thresholding_ratio": 0.995, "num_train_timesteps": 1000, "prediction_type": "epsilon",
+  "rescale_betas_zero_snr": false, "sample_max_value": 1.0, "steps_offset": 0, "thresholding": false,
+  "timestep_spacing": "leading", "trained_betas": null, "variance_type": "fixed_large"
+}"""
 
 
 def fake_model(sample: torch.Tensor, t) -> torch.Tensor:
@@ -143,11 +156,19 @@ def test_save_and_reload(tmp_path):
         ({"variance_type": "learned"}, "variance_type 'learned' must be one of"),
         ({"timestep_spacing": "random"}, "timestep_spacing 'random' must be one of"),
         ({"clip_sample": "yes"}, "clip_sample must be true or false"),
+        ({"clip_prev_sample": 1}, "clip_prev_sample must be true or false, got 1"),
+        ({"beta_start": float("nan")}, "beta_start must be a finite number, got nan"),
+        ({"num_train_timesteps": 10, "trained_betas": [0.1] * 9}, r"trained_betas must be 10 values in \(0, 1\)"),
+        ({"num_train_timesteps": 3, "trained_betas": [0.1, 1.0, 0.1]}, "trained_betas must be 3 values"),
+        ({"steps_offset": 1000}, r"steps_offset must be an integer in \[0, 999\], got 1000"),
+        ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr=True is not supported"),
     ],
 )
 def test_bad_config_is_refused(config, message):
     with pytest.raises(ValueError, match=message):
         LinearDDPMScheduler(**config)
+    with pytest.raises(ValueError, match=message):  # the same check when a saved config is loaded
+        LinearDDPMScheduler.from_config({**json.loads(SAVED_CONFIG), **config})
 
 
 def test_bad_step_inputs():
@@ -169,3 +190,118 @@ def test_bad_step_inputs():
         scheduler.add_noise(x, x, torch.tensor([1000]))
     with pytest.raises(ValueError, match="must be integers"):
         scheduler.add_noise(x, x, torch.tensor([1.5]))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 999\], got -1..-1"):  # not alphas_cumprod[-1]
+        scheduler.add_noise(x, x, torch.tensor([-1]))
+    scheduler.set_timesteps(10)
+    with pytest.raises(ValueError, match="timestep 5 is not in the schedule"):
+        scheduler.step(x, 5, x)
+
+
+def test_is_a_diffusers_ddpm_scheduler():
+    assert issubclass(LinearDDPMScheduler, DDPMScheduler)
+    assert isinstance(LinearDDPMScheduler.tutorial(), DDPMScheduler)
+    assert ddpmkit.DDPMSchedulerOutput is ddpmkit.schedulers.DDPMSchedulerOutput is DiffusersDDPMSchedulerOutput
+
+
+@pytest.mark.parametrize("cls", [DDIMScheduler, DPMSolverMultistepScheduler])
+def test_saved_configs_still_load(tmp_path, cls):
+    (tmp_path / "scheduler_config.json").write_text(SAVED_CONFIG)
+    loaded = LinearDDPMScheduler.from_pretrained(tmp_path)
+    expected = LinearDDPMScheduler.tutorial(beta_end=0.015)
+    assert {k: v for k, v in loaded.config.items() if not k.startswith("_")} == {
+        k: v for k, v in expected.config.items() if not k.startswith("_")
+    }
+    for (a, _), (b, _) in zip(run_sampler(loaded, 20), run_sampler(expected, 20), strict=True):
+        assert torch.equal(a, b)
+    other = cls.from_config(loaded.config)  # the extra key clip_prev_sample is carried along, unused
+    assert other.config.beta_end == 0.015 and other.config.variance_type == "fixed_large"
+    assert LinearDDPMScheduler.from_config(other.config).config.clip_prev_sample
+
+
+@contextlib.contextmanager
+def no_host_reads():
+    """Makes every way of reading a tensor's value into Python raise, as each would wait on an accelerator."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tensor value was read back to the host")
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("item", "tolist", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__"):
+            patch.setattr(torch.Tensor, name, refuse)
+        yield
+
+
+def test_no_host_reads_refuses_what_it_should():
+    t = torch.tensor(3)
+    reads = [lambda: t.item(), lambda: t.tolist(), lambda: bool(t), lambda: int(t), lambda: [0, 1, 2, 3][t]]
+    with no_host_reads():
+        for read in [*reads, lambda: "positive" if t > 0 else "not"]:
+            with pytest.raises(AssertionError, match="read back"):
+                read()
+    assert t.item() == 3  # undone afterwards
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_add_noise_and_velocity_read_nothing_back(dtype):
+    scheduler = LinearDDPMScheduler(prediction_type="v_prediction")
+    generator = torch.Generator().manual_seed(2)
+    x0 = torch.randn(8, 3, 4, 4, generator=generator).to(dtype)
+    noise = torch.randn(8, 3, 4, 4, generator=generator).to(dtype)
+    t = torch.randint(0, 1000, (8,), generator=generator)
+    expected = DDPMScheduler().add_noise(x0.float(), noise.float(), t)
+    with no_host_reads():
+        noisy = scheduler.add_noise(x0, noise, t)
+        velocity = scheduler.get_velocity(x0, noise, t)
+        scheduler.add_noise(x0, noise, t[:1])  # one timestep for the whole batch
+    assert noisy.dtype == velocity.dtype == dtype
+    torch.testing.assert_close(noisy.float(), expected, atol=1e-6 if dtype == torch.float32 else 5e-2, rtol=0)
+
+
+def test_add_noise_makes_its_table_once_per_device_and_dtype():
+    scheduler = LinearDDPMScheduler()
+    x, t = torch.zeros(2, 1, 2, 2), torch.tensor([0, 999])
+    scheduler.add_noise(x, x, t)
+    (table,) = scheduler._noise_tables.values()
+    scheduler.add_noise(x, x, t)
+    assert scheduler._noise_tables[(t.device, torch.float32)] is table
+    scheduler.add_noise(x.double(), x.double(), t)
+    assert len(scheduler._noise_tables) == 2 and table.shape == (2, 1000)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"variance_type": "fixed_small"},
+        {"variance_type": "fixed_small_log", "prediction_type": "v_prediction"},
+        {"variance_type": "fixed_large_log", "thresholding": True, "sample_max_value": 1.5},
+        {"variance_type": "fixed_large", "clip_sample": False, "clip_prev_sample": True},
+    ],
+)
+def test_step_reads_nothing_back_for_int_timesteps(config):
+    scheduler = LinearDDPMScheduler(**config)
+    generators = [torch.Generator().manual_seed(i) for i in range(2)]
+    sample = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    scheduler.set_timesteps(10)
+    timesteps = scheduler.timesteps.tolist()
+    with no_host_reads():
+        for t in timesteps:
+            sample = scheduler.step(fake_model(sample, t), t, sample, generator=generators).prev_sample
+    assert torch.isfinite(sample).all()
+
+
+def test_step_with_one_generator_per_image_draws_each_image_alone():
+    scheduler = LinearDDPMScheduler.tutorial()
+    scheduler.set_timesteps(5)
+    x = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    t = int(scheduler.timesteps[0])
+    batch = scheduler.step(x, t, x, generator=[torch.Generator().manual_seed(i) for i in range(3)]).prev_sample
+    alone = scheduler.step(x[1:2], t, x[1:2], generator=torch.Generator().manual_seed(1)).prev_sample
+    torch.testing.assert_close(batch[1:2], alone, atol=0, rtol=0)
+
+
+def test_timesteps_assigned_directly_are_followed():
+    scheduler = LinearDDPMScheduler()
+    scheduler.set_timesteps(10)
+    scheduler.timesteps = scheduler.timesteps[3:]  # as some pipelines do for img2img
+    assert scheduler.previous_timestep(scheduler.timesteps[0]) == int(scheduler.timesteps[1])
+    assert scheduler.previous_timestep(0) == -1

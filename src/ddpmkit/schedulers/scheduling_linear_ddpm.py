@@ -1,40 +1,33 @@
 """Denoising diffusion probabilistic models (Ho, Jain & Abbeel 2020, arXiv:2006.11239) with a linear beta schedule.
 
-Config keys and results match ``diffusers.DDPMScheduler``, so configs move freely between the two and every
-diffusers scheduler that takes a DDPM config (DDIM, DPM-Solver++, ...) loads this one's ``config``.
+:class:`LinearDDPMScheduler` is ``diffusers.DDPMScheduler`` plus what is its own: the tutorial's clamp of
+``x_{t-1}`` (``clip_prev_sample``), configs checked when it is built, and ``add_noise`` / ``step`` that read no tensor
+back from the device (``step`` given ``t`` as an int). Its config is a DDPM config with the one extra key
+``clip_prev_sample``, so every diffusers scheduler that takes a DDPM config (DDIM, DPM-Solver++, ...) loads it.
 """
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
-from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
+from diffusers import DDPMScheduler
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 
+# DiffusionPipeline.from_pretrained finds a component's load method by looking up its base class as an attribute of
+# the module named in model_index.json (this one), so SchedulerMixin must be importable from here.
+from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401
+
+__all__ = ["DDPMSchedulerOutput", "LinearDDPMScheduler"]
+
+VarianceType = Literal["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log"]
+PredictionType = Literal["epsilon", "sample", "v_prediction"]
+TimestepSpacing = Literal["linspace", "leading", "trailing"]
 MAX_TRAIN_TIMESTEPS = 100_000
-VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 
 
-@dataclass
-class DDPMSchedulerOutput(BaseOutput):
-    """Output of :meth:`LinearDDPMScheduler.step`.
-
-    Args:
-        prev_sample: ``x_{t-1}``, the input of the next denoising step.
-        pred_original_sample: the model's estimate of ``x_0`` at this step.
-    """
-
-    prev_sample: torch.Tensor
-    pred_original_sample: torch.Tensor | None = None
-
-
-class LinearDDPMScheduler(SchedulerMixin, ConfigMixin):
+class LinearDDPMScheduler(DDPMScheduler):
     """DDPM ancestral sampling with ``beta_t`` rising linearly from ``beta_start`` to ``beta_end``.
 
     The tutorial's own sampler (``sigma_t = sqrt(beta_t)``, ``x_{t-1}`` clamped to [-1, 1] after every step) is
@@ -54,12 +47,10 @@ class LinearDDPMScheduler(SchedulerMixin, ConfigMixin):
         thresholding: dynamic thresholding of the predicted ``x_0`` (Imagen), instead of ``clip_sample``.
         timestep_spacing: how inference timesteps are spread: ``"leading"``, ``"linspace"`` or ``"trailing"``.
         steps_offset: added to the timesteps with ``"leading"`` spacing.
+        rescale_betas_zero_snr: only ``False``; kept so that diffusers' DDPM configs load.
         clip_prev_sample: clamp ``x_{t-1}`` to ``[-clip_sample_range, clip_sample_range]`` after every step, as
             the tutorial does.
     """
-
-    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
-    order = 1
 
     @register_to_config
     def __init__(
@@ -69,34 +60,25 @@ class LinearDDPMScheduler(SchedulerMixin, ConfigMixin):
         beta_end: float = 0.02,
         beta_schedule: Literal["linear"] = "linear",
         trained_betas: np.ndarray | list[float] | None = None,
-        variance_type: Literal["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log"] = "fixed_small",
+        variance_type: VarianceType = "fixed_small",
         clip_sample: bool = True,
-        prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon",
+        prediction_type: PredictionType = "epsilon",
         thresholding: bool = False,
         dynamic_thresholding_ratio: float = 0.995,
         clip_sample_range: float = 1.0,
         sample_max_value: float = 1.0,
-        timestep_spacing: Literal["linspace", "leading", "trailing"] = "leading",
+        timestep_spacing: TimestepSpacing = "leading",
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
         clip_prev_sample: bool = False,
     ):
-        _validate_config(self.config)
-        # 1. the noise schedule: beta_t, alpha_t = 1 - beta_t, alpha_bar_t = prod_{s<=t} alpha_s
-        if trained_betas is not None:
-            self.betas = torch.tensor(trained_betas, dtype=torch.float32)
-        else:
-            self.betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        self.one = torch.tensor(1.0)
-        self.init_noise_sigma = 1.0
-
-        # 2. by default every training timestep is visited, T-1 down to 0
-        self.custom_timesteps = False
-        self.num_inference_steps = None
-        self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.int64)
-        self.variance_type = variance_type
+        _validate_config(self.config)  # before diffusers allocates anything from it
+        ddpm_config = {k: v for k, v in self.config.items() if not k.startswith("_") and k != "clip_prev_sample"}
+        super().__init__(**ddpm_config)
+        # (timesteps, {t: the timestep after t}): the schedule on the host, so that step never searches the device
+        self._following: tuple[torch.Tensor, dict[int, int]] | None = None
+        # (device, dtype) -> [sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)] for every t, made once for each
+        self._noise_tables: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     @classmethod
     def tutorial(cls, **overrides) -> "LinearDDPMScheduler":
@@ -104,12 +86,56 @@ class LinearDDPMScheduler(SchedulerMixin, ConfigMixin):
         config = {"variance_type": "fixed_large", "clip_sample": False, "clip_prev_sample": True}
         return cls(**{**config, **overrides})
 
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
+    # ------------------------------------------------------------------------------ the forward process, training
 
-    def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
-        """DDPM needs no input scaling; present so that pipelines can treat every scheduler alike."""
-        return sample
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The forward process in closed form, eq. (4): ``x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps``."""
+        _check_same_shape(noise, original_samples)
+        sqrt_alpha_bar, sqrt_one_minus_alpha_bar = self._noise_coefficients(original_samples, timesteps)
+        return sqrt_alpha_bar * original_samples + sqrt_one_minus_alpha_bar * noise
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The v-prediction target (Salimans & Ho 2022): ``v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0``."""
+        _check_same_shape(noise, sample)
+        sqrt_alpha_bar, sqrt_one_minus_alpha_bar = self._noise_coefficients(sample, timesteps)
+        return sqrt_alpha_bar * noise - sqrt_one_minus_alpha_bar * sample
+
+    def _noise_coefficients(self, reference: torch.Tensor, timesteps) -> tuple[torch.Tensor, torch.Tensor]:
+        """``sqrt(alpha_bar_t)`` and ``sqrt(1 - alpha_bar_t)`` per sample, shaped to broadcast over ``reference``.
+
+        Only metadata is checked: the values of ``timesteps`` stay where they are. On the CPU an index out of
+        ``[0, T)`` is refused by ``index_select`` itself; on an accelerator it is a device-side assert, as in
+        diffusers.
+        """
+        timesteps = _integer_timesteps(timesteps, batch=reference.shape[0])
+        if not reference.is_floating_point():
+            raise ValueError(f"samples must be floating point, got dtype {reference.dtype}")
+        table = self._noise_table(timesteps.device, reference.dtype)
+        try:
+            coefficients = table.index_select(1, timesteps.reshape(-1).long())  # (2, B)
+        except (IndexError, RuntimeError):  # the CPU kernels raise one or the other for an index out of range
+            T, low, high = self.config.num_train_timesteps, int(timesteps.min()), int(timesteps.max())
+            if 0 <= low and high < T:
+                raise
+            raise ValueError(f"timesteps must lie in [0, {T - 1}], got {low}..{high}") from None
+        shape = (2, -1) + (1,) * (reference.ndim - 1)
+        sqrt_alpha_bar, sqrt_one_minus_alpha_bar = coefficients.to(reference.device).reshape(shape).unbind(0)
+        return sqrt_alpha_bar, sqrt_one_minus_alpha_bar
+
+    def _noise_table(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """``[sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)]`` for every ``t``, a ``(2, T)`` tensor on ``device`` in
+        ``dtype`` made on first use (diffusers casts ``alphas_cumprod`` to the samples' dtype on every call)."""
+        key = (device, dtype)
+        if key not in self._noise_tables:
+            alpha_bar = self.alphas_cumprod.cpu().double()
+            table = torch.stack([alpha_bar.sqrt(), (1 - alpha_bar).sqrt()])
+            self._noise_tables[key] = table.to(device=device, dtype=dtype)
+            # as diffusers' add_noise does, so that readers of alphas_cumprod (diffusers.training_utils.compute_snr)
+            # find it on the timesteps' device rather than copying it there every step
+            self.alphas_cumprod = self.alphas_cumprod.to(device)
+        return self._noise_tables[key]
+
+    # ------------------------------------------------------------------------------ the reverse process, sampling
 
     def set_timesteps(
         self,
@@ -118,7 +144,7 @@ class LinearDDPMScheduler(SchedulerMixin, ConfigMixin):
         timesteps: list[int] | None = None,
     ) -> None:
         """Chooses the timesteps of sampling: ``num_inference_steps`` spread by ``timestep_spacing``, or an explicit
-        descending list ``timesteps``."""
+        strictly descending list ``timesteps``; anything else is refused with a ValueError."""
         T = self.config.num_train_timesteps
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("pass exactly one of num_inference_steps or timesteps")
@@ -130,71 +156,42 @@ class LinearDDPMScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"timesteps must be a non-empty strictly descending list, got {timesteps}")
             if timesteps[0] >= T or timesteps[-1] < 0:
                 raise ValueError(f"timesteps must lie in [0, {T - 1}], got {timesteps[0]}..{timesteps[-1]}")
-            self.custom_timesteps = True
+            super().set_timesteps(timesteps=timesteps)
             self.num_inference_steps = len(timesteps)
-            self.timesteps = torch.tensor(timesteps, dtype=torch.int64, device=device)
-            return
-
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-            raise ValueError(f"num_inference_steps must be an integer, got {num_inference_steps!r}")
-        if not 1 <= num_inference_steps <= T:
-            raise ValueError(
-                f"num_inference_steps must be between 1 and num_train_timesteps={T}, got {num_inference_steps}"
-            )
-        self.num_inference_steps = int(num_inference_steps)
-        self.custom_timesteps = False
-        spacing = self.config.timestep_spacing
-        if spacing == "linspace":
-            steps = np.linspace(0, T - 1, num_inference_steps).round()[::-1].astype(np.int64)
-        elif spacing == "leading":
-            steps = np.arange(num_inference_steps)[::-1].astype(np.int64) * (T // num_inference_steps)
-            steps = steps + self.config.steps_offset
-        elif spacing == "trailing":
-            steps = np.round(np.arange(T, 0, -T / num_inference_steps)).astype(np.int64) - 1
         else:
-            raise ValueError(f"timestep_spacing {spacing!r} must be one of {TIMESTEP_SPACINGS}")
-        self.timesteps = torch.from_numpy(steps.copy()).to(device)
+            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
+                raise ValueError(f"num_inference_steps must be an integer, got {num_inference_steps!r}")
+            if not 1 <= num_inference_steps <= T:
+                raise ValueError(
+                    f"num_inference_steps must be between 1 and num_train_timesteps={T}, got {num_inference_steps}"
+                )
+            super().set_timesteps(int(num_inference_steps))
+        steps = self.timesteps.tolist()  # still on the CPU
+        self.timesteps = self.timesteps.to(device)
+        self._following = (self.timesteps, dict(zip(steps, [*steps[1:], -1])))
 
-    def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
-        """The timestep that follows ``timestep`` in the current schedule, -1 after the last one."""
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int:
+        """The timestep after ``timestep`` in the schedule, -1 after the last one, looked up on the host (diffusers
+        searches ``self.timesteps`` on its device, a sync per step)."""
+        t = _integer_timestep(timestep)
         if not (self.custom_timesteps or self.num_inference_steps):
-            return timestep - 1
-        matches = (self.timesteps == timestep).nonzero(as_tuple=True)[0]
-        if len(matches) == 0:
-            raise ValueError(f"timestep {int(timestep)} is not in the schedule set by set_timesteps")
-        index = int(matches[0])
-        return torch.tensor(-1) if index == len(self.timesteps) - 1 else self.timesteps[index + 1]
+            return t - 1
+        if self._following is None or self._following[0] is not self.timesteps:  # timesteps assigned directly
+            steps = self.timesteps.tolist()
+            self._following = (self.timesteps, dict(zip(steps, [*steps[1:], -1])))
+        following = self._following[1]
+        if t not in following:
+            raise ValueError(f"timestep {t} is not in the schedule set by set_timesteps")
+        return following[t]
 
-    def _alpha_prods(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        prev_t = self.previous_timestep(t)
-        alpha_prod_t = self.alphas_cumprod[t]
-        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
-        return alpha_prod_t, alpha_prod_t_prev
-
-    def _get_variance(self, t: int) -> torch.Tensor:
-        """The variance of ``x_{t-1}`` given ``x_t``, eq. (6)-(7): ``beta~_t`` (small) or ``beta_t`` (large)."""
-        alpha_prod_t, alpha_prod_t_prev = self._alpha_prods(t)
-        current_beta_t = 1 - alpha_prod_t / alpha_prod_t_prev
-        posterior = torch.clamp((1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * current_beta_t, min=1e-20)
-        kind = self.config.variance_type
-        if kind == "fixed_small":
-            return posterior
-        if kind == "fixed_small_log":  # diffusers returns the standard deviation for this one
-            return torch.exp(0.5 * torch.log(posterior))
-        if kind == "fixed_large":
-            return current_beta_t
-        if kind == "fixed_large_log":
-            return torch.log(current_beta_t)
-        raise ValueError(f"variance_type {kind!r} must be one of {VARIANCE_TYPES}")
-
-    def _threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
-        """Dynamic thresholding (Saharia et al. 2022): clamp to the per-sample quantile ``s`` and divide by ``s``."""
-        dtype = sample.dtype
-        batch = sample.shape[0]
-        flat = sample.float().reshape(batch, -1)
-        s = torch.quantile(flat.abs(), self.config.dynamic_thresholding_ratio, dim=1)
-        s = torch.clamp(s, min=1, max=self.config.sample_max_value)[:, None]
-        return (torch.clamp(flat, -s, s) / s).reshape(sample.shape).to(dtype)
+    def _get_variance(self, t: int, predicted_variance=None, variance_type: VarianceType | None = None):
+        """What ``step`` scales the noise by (through its square root, or as it is for ``"fixed_small_log"``): the
+        variance of ``x_{t-1}`` given ``x_t``, eq. (6)-(7). ``"fixed_large_log"`` is GLIDE's ``log beta_t``, which
+        diffusers hands to that square root (NaN); it is exponentiated back here."""
+        variance = super()._get_variance(t, predicted_variance, variance_type)
+        if (variance_type or self.config.variance_type) == "fixed_large_log":
+            return torch.exp(variance)
+        return variance
 
     def step(
         self,
@@ -208,111 +205,32 @@ class LinearDDPMScheduler(SchedulerMixin, ConfigMixin):
 
         Args:
             model_output: the UNet's prediction, same shape as ``sample``.
-            timestep: the current ``t``, one of ``self.timesteps``.
+            timestep: the current ``t``, one of ``self.timesteps``; a Python int reads nothing back from the
+                device, a tensor on an accelerator is read once.
             sample: ``x_t``.
             generator: a generator, or one per image, for the added noise.
             return_dict: return :class:`DDPMSchedulerOutput` rather than a tuple.
         """
-        if model_output.shape != sample.shape:
-            raise ValueError(
-                f"model_output shape {tuple(model_output.shape)} must match sample shape {tuple(sample.shape)}"
-            )
+        _check_same_shape(model_output, sample, name="model_output")
+        # 1. t as a Python int, so that alpha_bar_t and alpha_bar_{t-1} are indexed, and "t > 0" decided, on the host
         t = _integer_timestep(timestep)
         if not 0 <= t < self.config.num_train_timesteps:
             raise ValueError(f"timestep {t} must lie in [0, {self.config.num_train_timesteps - 1}]")
-        # 1. alpha_bar_t, alpha_bar_{t-1}, and this step's alpha and beta
-        alpha_prod_t, alpha_prod_t_prev = self._alpha_prods(t)
-        beta_prod_t = 1 - alpha_prod_t
-        beta_prod_t_prev = 1 - alpha_prod_t_prev
-        current_alpha_t = alpha_prod_t / alpha_prod_t_prev
-        current_beta_t = 1 - current_alpha_t
-
-        # 2. predicted x_0, eq. (15)
-        prediction_type = self.config.prediction_type
-        if prediction_type == "epsilon":
-            pred_original_sample = (sample - beta_prod_t ** (0.5) * model_output) / alpha_prod_t ** (0.5)
-        elif prediction_type == "sample":
-            pred_original_sample = model_output
-        elif prediction_type == "v_prediction":
-            pred_original_sample = (alpha_prod_t**0.5) * sample - (beta_prod_t**0.5) * model_output
-        else:
-            raise ValueError(f"prediction_type {prediction_type!r} must be one of {PREDICTION_TYPES}")
-
-        # 3. clip or threshold x_0
-        if self.config.thresholding:
-            pred_original_sample = self._threshold_sample(pred_original_sample)
-        elif self.config.clip_sample:
-            limit = self.config.clip_sample_range
-            pred_original_sample = pred_original_sample.clamp(-limit, limit)
-
-        # 4. posterior mean mu~_t(x_t, x_0), eq. (7)
-        pred_original_sample_coeff = (alpha_prod_t_prev ** (0.5) * current_beta_t) / beta_prod_t
-        current_sample_coeff = current_alpha_t ** (0.5) * beta_prod_t_prev / beta_prod_t
-        prev_sample = pred_original_sample_coeff * pred_original_sample + current_sample_coeff * sample
-
-        # 5. add noise, except at the last step
-        if t > 0:
-            noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
-                                 dtype=model_output.dtype)  # fmt: skip
-            variance = self._get_variance(t)
-            if self.config.variance_type == "fixed_small_log":  # already a standard deviation
-                std = variance
-            elif self.config.variance_type == "fixed_large_log":  # a log variance (diffusers takes its sqrt: NaN)
-                std = torch.exp(0.5 * variance)
-            else:
-                std = variance ** (0.5)
-            prev_sample = prev_sample + std * noise
-
-        # 6. the tutorial's clamp of x_{t-1}
+        # 2. diffusers' step: x_0 from eq. (15), clipped or thresholded; the posterior mean mu~_t(x_t, x_0) of eq. (7);
+        #    plus sigma_t z for t > 0 (Algorithm 2, line 4)
+        prev_sample, pred_original_sample = super().step(model_output, t, sample, generator, return_dict=False)
+        # 3. the tutorial's clamp of x_{t-1}
         if self.config.clip_prev_sample:
             limit = self.config.clip_sample_range
             prev_sample = prev_sample.clamp(-limit, limit)
-
         if not return_dict:
             return (prev_sample, pred_original_sample)
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
-    def _coefficients(self, reference: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``sqrt(alpha_bar_t)`` and ``sqrt(1 - alpha_bar_t)`` per sample, shaped to broadcast over ``reference``."""
-        if not torch.is_tensor(timesteps):
-            if isinstance(timesteps, (str, bytes)):
-                raise ValueError(f"timesteps must be integers, got {timesteps!r}")
-            try:
-                timesteps = torch.as_tensor(timesteps)
-            except (TypeError, ValueError, RuntimeError):
-                raise ValueError(f"timesteps must be integers, got {timesteps!r}") from None
-        if timesteps.is_floating_point() or timesteps.is_complex() or timesteps.dtype == torch.bool:
-            raise ValueError(f"timesteps must be integers, got dtype {timesteps.dtype}")
-        if timesteps.ndim > 1 or timesteps.numel() not in (1, reference.shape[0]):
-            raise ValueError(
-                f"timesteps must be a scalar or have shape ({reference.shape[0]},), got {tuple(timesteps.shape)}"
-            )
-        if not reference.is_floating_point():
-            raise ValueError(f"samples must be floating point, got dtype {reference.dtype}")
-        T = self.config.num_train_timesteps
-        if timesteps.numel() and (int(timesteps.min()) < 0 or int(timesteps.max()) >= T):
-            raise ValueError(f"timesteps must lie in [0, {T - 1}], got {timesteps.min()}..{timesteps.max()}")
-        self.alphas_cumprod = self.alphas_cumprod.to(device=reference.device)
-        alphas_cumprod = self.alphas_cumprod.to(dtype=reference.dtype)
-        alpha_prod = alphas_cumprod[timesteps.to(reference.device)].flatten()
-        shape = (-1,) + (1,) * (reference.ndim - 1)
-        return (alpha_prod**0.5).reshape(shape), ((1 - alpha_prod) ** 0.5).reshape(shape)
 
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """The forward process in closed form, eq. (4): ``x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps``."""
-        if noise.shape != original_samples.shape:
-            raise ValueError(
-                f"noise shape {tuple(noise.shape)} must match sample shape {tuple(original_samples.shape)}"
-            )
-        sqrt_alpha_prod, sqrt_one_minus_alpha_prod = self._coefficients(original_samples, timesteps)
-        return sqrt_alpha_prod * original_samples + sqrt_one_minus_alpha_prod * noise
-
-    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """The v-prediction target (Salimans & Ho 2022): ``v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0``."""
-        if noise.shape != sample.shape:
-            raise ValueError(f"noise shape {tuple(noise.shape)} must match sample shape {tuple(sample.shape)}")
-        sqrt_alpha_prod, sqrt_one_minus_alpha_prod = self._coefficients(sample, timesteps)
-        return sqrt_alpha_prod * noise - sqrt_one_minus_alpha_prod * sample
+def _check_same_shape(tensor: torch.Tensor, sample: torch.Tensor, name: str = "noise") -> None:
+    if tensor.shape != sample.shape:
+        raise ValueError(f"{name} shape {tuple(tensor.shape)} must match sample shape {tuple(sample.shape)}")
 
 
 def _integer_timestep(timestep) -> int:
@@ -321,12 +239,28 @@ def _integer_timestep(timestep) -> int:
     if torch.is_tensor(value) or isinstance(value, np.ndarray):
         if (value.size if isinstance(value, np.ndarray) else value.numel()) != 1:
             raise ValueError(f"timestep must be a single integer, got shape {tuple(value.shape)}")
-        value = value.item()
+        value = value.item()  # the one read back from the device, when a device tensor is passed
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ValueError(f"timestep must be an integer, got {timestep!r}")
     if not math.isfinite(value) or value != int(value):
         raise ValueError(f"timestep must be a whole number, got {timestep!r}")
     return int(value)
+
+
+def _integer_timesteps(timesteps, batch: int) -> torch.Tensor:
+    """``timesteps`` as an integer tensor of one value or ``batch`` values, checked on its metadata only."""
+    if not torch.is_tensor(timesteps):
+        if isinstance(timesteps, (str, bytes)):
+            raise ValueError(f"timesteps must be integers, got {timesteps!r}")
+        try:
+            timesteps = torch.as_tensor(timesteps)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"timesteps must be integers, got {timesteps!r}") from None
+    if timesteps.is_floating_point() or timesteps.is_complex() or timesteps.dtype == torch.bool:
+        raise ValueError(f"timesteps must be integers, got dtype {timesteps.dtype}")
+    if timesteps.ndim > 1 or timesteps.numel() not in (1, batch):
+        raise ValueError(f"timesteps must be a scalar or have shape ({batch},), got {tuple(timesteps.shape)}")
+    return timesteps
 
 
 def _validate_config(config) -> None:
@@ -353,9 +287,9 @@ def _validate_config(config) -> None:
         if betas.ndim != 1 or len(betas) != T or not ((betas > 0) & (betas < 1)).all():
             raise ValueError(f"trained_betas must be {T} values in (0, 1)")
     choices = {
-        "variance_type": VARIANCE_TYPES,
-        "prediction_type": PREDICTION_TYPES,
-        "timestep_spacing": TIMESTEP_SPACINGS,
+        "variance_type": get_args(VarianceType),
+        "prediction_type": get_args(PredictionType),
+        "timestep_spacing": get_args(TimestepSpacing),
     }
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
