@@ -7,7 +7,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 
-from .training import atomic_write_text
+from .utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
