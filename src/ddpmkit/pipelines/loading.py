@@ -107,6 +107,22 @@ def check_model_index(index: dict) -> dict[str, type]:
     return components
 
 
+def check_roles(components: dict[str, type]) -> None:
+    """Each component's class must be able to play its part: the ``unet`` a UNet the pipeline calls as
+    ``unet(x_t, t)``, the ``scheduler`` one that steps from a DDPM config."""
+    from ..schedulers import LinearDDPMScheduler
+
+    unets = ("ConvUNet2DModel", "UNet2DModel")
+    schedulers = (LinearDDPMScheduler.__name__, *LinearDDPMScheduler._compatibles)
+    for name, allowed in (("unet", unets), ("scheduler", schedulers)):
+        cls = components.get(name)
+        if cls is not None and cls.__name__ not in allowed:
+            raise UnsafeFolderError(
+                f"model_index.json names {cls.__name__} as the {name}, which cannot be one; use one of "
+                f"{', '.join(sorted(allowed))}"
+            )
+
+
 # diffusers options that load code (from the folder, the Hub or the community pipelines) or skip the checks here
 REFUSED_OPTIONS = ("trust_remote_code", "custom_pipeline", "custom_revision", "variant", "dduf_file")
 
@@ -141,6 +157,7 @@ def load_pipeline_safely(
             f"{root / 'model_index.json'} lacks the components {absent} that {pipeline_cls.__name__} needs; pass "
             f"them to from_pretrained (e.g. {absent[0]}=...) or re-save the folder"
         )
+    check_roles(components)
     for name, cls in components.items():
         # a component passed in by the caller is not read from disk; ddpmkit models check their own folder
         if name not in kwargs and not getattr(cls, "checks_own_folder", False):

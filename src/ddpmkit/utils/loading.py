@@ -38,8 +38,10 @@ def read_json(path: str | os.PathLike) -> dict:
         raise CorruptFolderError(f"{path} is {path.stat().st_size} bytes, too large for a config")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, ValueError) as e:  # ValueError: also integers of thousands of digits
         raise CorruptFolderError(f"{path} is not valid JSON ({e}); re-save the folder with save_pretrained") from None
+    except RecursionError:
+        raise CorruptFolderError(f"{path} is nested too deeply to be a config; re-save the folder") from None
     if not isinstance(data, dict):
         raise CorruptFolderError(f"{path} must hold a JSON object, got {type(data).__name__}")
     return data
@@ -85,8 +87,11 @@ def check_component_folder(folder: Path, cls: type, allow_pickle: bool) -> None:
         raise CorruptFolderError(f"{folder} is missing: model_index.json lists it as a component")
     config_path = folder / getattr(cls, "config_name", "config.json")
     config = read_json(config_path)
-    # ddpmkit classes: built once on the meta device, which validates the config and gives the expected weights
-    meta_instance = _check_config(config_path, config, cls) if cls.__module__.startswith("ddpmkit") else None
+    # built once on the meta device, which validates the config and gives the expected weights
+    if cls.__module__.startswith("ddpmkit"):
+        meta_instance = _check_config(config_path, config, cls)
+    else:
+        meta_instance = _check_diffusers_config(config_path, config, cls)
     if not issubclass(cls, ModelMixin):
         return
     weights = folder / SAFE_WEIGHTS
@@ -166,6 +171,68 @@ def _check_config(path: Path, config: dict, cls: type):
         with torch.device("meta"):  # validates every value without allocating
             return cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise UnsafeFolderError(f"{path}: {e}") from None
+
+
+MAX_TRAIN_TIMESTEPS = 100_000
+MAX_SAMPLE_SIZE = 8192
+MAX_PARAMETERS = 2_000_000_000
+
+
+def _check_diffusers_config(path: Path, config: dict, cls: type):
+    """The bounds ddpmkit's own classes hold, for a diffusers class's config, checked before anything is built
+    (diffusers would allocate what the file asks for); a model is returned built on the meta device."""
+    import math
+
+    from diffusers import ModelMixin, SchedulerMixin
+
+    def refuse(message: str):
+        raise UnsafeFolderError(f"{path}: {message}")
+
+    if issubclass(cls, SchedulerMixin):
+        steps = config.get("num_train_timesteps", 1000)
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_TRAIN_TIMESTEPS:
+            refuse(f"num_train_timesteps must be an integer in [1, {MAX_TRAIN_TIMESTEPS}], got {steps!r}")
+        betas = config.get("trained_betas")
+        if betas is not None:
+            if not isinstance(betas, list) or len(betas) != steps:
+                refuse(f"trained_betas must be a list of num_train_timesteps={steps} values")
+            if not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 < b < 1 for b in betas):
+                refuse("trained_betas must all lie in (0, 1)")
+        else:
+            start, end = config.get("beta_start", 1e-4), config.get("beta_end", 0.02)
+            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (start, end))
+            if not numbers or not all(math.isfinite(v) for v in (start, end)) or not 0 < start <= end < 1:
+                refuse(f"betas must satisfy 0 < beta_start <= beta_end < 1, got {start!r}, {end!r}")
+        return None
+    if issubclass(cls, ModelMixin):
+        size = config.get("sample_size")
+        sizes = size if isinstance(size, list) else [size]
+        for value in sizes:
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 1 <= value <= MAX_SAMPLE_SIZE):  # fmt: skip
+                refuse(f"sample_size must be an integer in [1, {MAX_SAMPLE_SIZE}], got {size!r}")
+        channels = config.get("block_out_channels", [])
+        if not isinstance(channels, list) or not all(isinstance(c, int) and 0 < c <= 16384 for c in channels):
+            refuse(f"block_out_channels must be a list of channel counts in [1, 16384], got {channels!r}")
+        layers = config.get("layers_per_block", 2)
+        if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= 64:
+            refuse(f"layers_per_block must be an integer in [1, 64], got {layers!r}")
+        # a cheap upper estimate first (each block's convolutions), so that no object is made for absurd sizes
+        estimate = sum(9 * c * c * (2 * layers + 2) for c in channels)
+        if estimate > 4 * MAX_PARAMETERS:
+            refuse(f"block_out_channels {channels} give about {estimate / 1e9:.0f}B parameters; the limit is 2B")
+        import torch
+
+        try:
+            with torch.device("meta"):
+                model = cls.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+        except Exception as e:  # diffusers raises many kinds of errors for a config it cannot build
+            refuse(f"not a valid {cls.__name__} config ({type(e).__name__}: {e})")
+        parameters = sum(p.numel() for p in model.parameters())
+        if parameters > MAX_PARAMETERS:
+            refuse(f"the model has {parameters / 1e9:.1f}B parameters; the limit is {MAX_PARAMETERS / 1e9:.0f}B")
+        return model
+    return None
 
 
