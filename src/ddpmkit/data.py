@@ -213,7 +213,9 @@ def load_image_dataset(
         identity = {"files": _file_stamps(paths)}
     else:
         source = f"{dataset_name}" + (f" ({dataset_config_name})" if dataset_config_name else "")
-        identity = {"hub": dataset_name, "config": dataset_config_name}
+        # the Hub copy that datasets holds (downloaded once), keyed by its fingerprint: a new revision decodes anew
+        table = _load_hub_table(dataset_name, dataset_config_name, split, cache_root)
+        identity = {"hub": dataset_name, "config": dataset_config_name, "fingerprint": table._fingerprint}
     options = {
         "format": CACHE_FORMAT_VERSION, "source": identity, "split": split, "image_column": image_column,
         "label_column": label_column, "resolution": resolution, "channels": channels, "center_crop": center_crop,
@@ -228,11 +230,11 @@ def load_image_dataset(
 
     # 2. the encoded images (bytes or paths) and labels
     if train_data_dir is not None:
-        encoded, labels = _folder_records(folder, files)
-    else:
-        encoded, labels = _table_records(
-            train_data_files, dataset_name, dataset_config_name, split, image_column, label_column, cache_root, source
-        )
+        table, image_column, label_column = _load_image_folder(folder, files, cache_root), "image", None
+        label_column = "label" if "label" in table.features else None
+    elif train_data_files is not None:
+        table = _load_files_table(train_data_files, split, cache_root)
+    encoded, labels = _table_records(table, image_column, label_column, source)
     if max_train_samples is not None:
         encoded = encoded[:max_train_samples]
         labels = None if labels is None else labels[:max_train_samples]
@@ -313,7 +315,7 @@ def save_preview_grid(
     count = min(nrow * nrow, len(dataset))
     generator = torch.Generator().manual_seed(seed)
     indices = torch.randperm(len(dataset), generator=generator)[:count]
-    grid = image_grid([dataset.to_pil(int(i)) for i in indices], ncols=min(nrow, count))
+    grid = image_grid([dataset.to_pil(int(i)) for i in indices], ncols=min(nrow, count), padding=0)
     atomic_save_image(grid, path)
     return grid
 
@@ -346,39 +348,48 @@ def _file_stamps(paths: list[Path]) -> list:
     return stamps
 
 
-def _folder_records(folder: Path, files: list[Path]) -> tuple[list, list[int] | None]:
-    classes = sorted({f.relative_to(folder).parts[0] for f in files if len(f.relative_to(folder).parts) > 1})
-    if len(classes) < 2 or any(len(f.relative_to(folder).parts) == 1 for f in files):
-        return list(files), None
-    index = {name: i for i, name in enumerate(classes)}
-    return list(files), [index[f.relative_to(folder).parts[0]] for f in files]
-
-
-def _table_records(
-    data_files, dataset_name, config_name, split, image_column, label_column, cache_root: Path, source: str
-) -> tuple[list, list[int] | None]:
+def _load_image_folder(folder: Path, files: list[Path], cache_root: Path):
+    """The folder as a ``datasets`` "imagefolder" (labels from class sub-folders when every image is in one)."""
     import datasets
 
-    if data_files is not None:
-        suffixes = {Path(f).suffix.lower() for f in data_files}
-        builders = {DATA_FILE_BUILDERS.get(s) for s in suffixes}
-        if None in builders or len(builders) != 1:
-            raise ValueError(
-                f"train_data_files must all be .parquet or all .arrow files, got {sorted(suffixes)}; "
-                "for a folder of images use --train_data_dir"
-            )
-        builder = builders.pop()
-        files = {split: [str(Path(f).resolve()) for f in data_files]}
-        ds = datasets.load_dataset(builder, data_files=files, split=split, cache_dir=str(cache_root / "hf"))
-    else:
-        try:
-            ds = datasets.load_dataset(dataset_name, config_name, split=split, cache_dir=str(cache_root / "hf"))
-        except (FileNotFoundError, ConnectionError) as error:  # DatasetNotFoundError is a FileNotFoundError
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ValueError(
-                f"could not load dataset {dataset_name!r} ({first_line}); check the Hub id and the connection, or "
-                "use --train_data_files for local files"
-            ) from error
+    classes = {f.relative_to(folder).parts[0] for f in files if len(f.relative_to(folder).parts) > 1}
+    labelled = len(classes) > 1 and all(len(f.relative_to(folder).parts) > 1 for f in files)
+    return datasets.load_dataset(
+        "imagefolder", data_files={"train": [str(f) for f in files]}, split="train", drop_labels=not labelled,
+        drop_metadata=True, cache_dir=str(cache_root / "hf"),
+    )  # fmt: skip
+
+
+def _load_files_table(data_files: list[str], split: str, cache_root: Path):
+    import datasets
+
+    suffixes = {Path(f).suffix.lower() for f in data_files}
+    builders = {DATA_FILE_BUILDERS.get(s) for s in suffixes}
+    if None in builders or len(builders) != 1:
+        raise ValueError(
+            f"train_data_files must all be .parquet or all .arrow files, got {sorted(suffixes)}; "
+            "for a folder of images use --train_data_dir"
+        )
+    files = {split: [str(Path(f).resolve()) for f in data_files]}
+    return datasets.load_dataset(builders.pop(), data_files=files, split=split, cache_dir=str(cache_root / "hf"))
+
+
+def _load_hub_table(dataset_name: str, config_name: str | None, split: str, cache_root: Path):
+    import datasets
+
+    try:
+        return datasets.load_dataset(dataset_name, config_name, split=split, cache_dir=str(cache_root / "hf"))
+    except (FileNotFoundError, ConnectionError) as error:  # DatasetNotFoundError is a FileNotFoundError
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"could not load dataset {dataset_name!r} ({first_line}); check the Hub id and the connection, or "
+            "use --train_data_files for local files"
+        ) from error
+
+
+def _table_records(ds, image_column, label_column, source: str) -> tuple[list, list[int] | None]:
+    """The encoded images (bytes or paths, nothing decoded) and integer labels of a ``datasets`` table."""
+    import datasets
 
     # 1. find the image column
     image_columns = [name for name, f in ds.features.items() if isinstance(f, datasets.Image)]
