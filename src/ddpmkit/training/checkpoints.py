@@ -117,10 +117,8 @@ def check_checkpoint_compatible(path: str | os.PathLike, expected: dict) -> dict
     shape than ``expected`` (a dict with ``unet``, ``scheduler``, ``data``); returns the checkpoint's metadata."""
     meta = verify_checkpoint(path)
     for section in ("unet", "scheduler", "data"):
-        saved, wanted = _plain(meta.get(section, {})), _plain(expected.get(section, {}))
-        differs = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-        if differs:
-            detail = ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in differs[:3])
+        detail = _differences(meta.get(section, {}), expected.get(section, {}))
+        if detail:
             raise ValueError(
                 f"checkpoint {str(path)!r} is from a different {section} config ({detail}); resume with the flags it "
                 "was trained with, or start fresh in another --output_dir"
@@ -139,14 +137,19 @@ def check_output_dir_model(output_dir: str | os.PathLike, unet_config: dict) -> 
         saved = json.loads(config_path.read_text())
     except (OSError, ValueError, RecursionError):
         raise ValueError(f"{config_path} is unreadable; use another --output_dir or remove the folder") from None
-    saved, wanted = _plain(saved), _plain(unet_config)
-    differs = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-    if differs:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in differs[:3])
+    detail = _differences(saved, unet_config)
+    if detail:
         raise ValueError(
             f"output_dir {str(output_dir)!r} already holds a different model ({detail}); use another --output_dir "
             "or the flags that model was trained with"
         )
+
+
+def _differences(saved: dict, wanted: dict) -> str:
+    """The first few keys where two configs differ, as "key: saved there, wanted now" ("" when they agree)."""
+    saved, wanted = _plain(saved), _plain(wanted)
+    differs = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    return ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in differs[:3])
 
 
 def _plain(config: dict) -> dict:
