@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from ddpmkit import ConvUNet2DModel, DDPMPipeline, LinearDDPMScheduler
-from ddpmkit.cli import DEFAULT_STEPS, SUBCOMMANDS, main
+from ddpmkit.commands import SUBCOMMANDS, main
+from ddpmkit.pipelines.sampling import SAMPLERS as DEFAULT_STEPS
 
 TINY_UNET = {"sample_size": 8, "block_out_channels": (8, 16), "norm_num_groups": 4, "time_embedding_dim": 8}
 
@@ -74,15 +75,10 @@ def test_each_command_has_help_with_an_example(capsys, command):
 
 
 def test_every_subcommand_is_registered_by_its_own_function():
-    assert [f.__name__ for f in SUBCOMMANDS] == [
-        "add_sample_parser",
-        "add_trajectory_parser",
-        "add_preview_parser",
-        "add_evaluate_parser",
-        "add_train_classifier_parser",
-        "add_convert_tutorial_parser",
-        "add_info_parser",
-    ]
+    names = [m.__name__.rsplit(".", 1)[-1] for m in SUBCOMMANDS]
+    assert names == ["sample", "trajectory", "train", "evaluate", "preview", "info", "convert_tutorial",
+                     "train_classifier"]  # fmt: skip
+    assert all(callable(m.add_parser) and callable(m.run) for m in SUBCOMMANDS)
 
 
 def test_no_command_prints_help_and_fails(capsys):
@@ -100,12 +96,12 @@ def test_sample_writes_a_grid_and_one_file_per_image(capsys, model_dir, tmp_path
         "--seed", 7, "--out", out, "--out_dir", out_dir, "--quiet",
     )  # fmt: skip
     assert code == 0
-    assert "5 images, ddpm 3 steps, seed 7" in stdout
+    assert "5 images, ddim 3 steps, seed 7" in stdout
     with PIL.Image.open(out) as grid:
         assert grid.size == (3 * 8 + 4 * 2, 2 * 8 + 3 * 2) and grid.mode == "L"  # 3 columns, 2 rows, padding 2
-    assert {p.name for p in out_dir.iterdir()} == {f"ddpm3_seed{s}.png" for s in range(7, 12)}
+    assert {p.name for p in out_dir.iterdir()} == {f"ddim3_seed{s}.png" for s in range(7, 12)}
     # the grid's second image is the file of seed 8
-    assert (pixels(out)[2:10, 12:20] == pixels(out_dir / "ddpm3_seed8.png")).all()
+    assert (pixels(out)[2:10, 12:20] == pixels(out_dir / "ddim3_seed8.png")).all()
 
 
 def test_sample_images_depend_on_seed_not_on_batch_size(capsys, model_dir, tmp_path):
@@ -117,7 +113,7 @@ def test_sample_images_depend_on_seed_not_on_batch_size(capsys, model_dir, tmp_p
         assert code == 0
 
     def differ(run_a: str, seed_a: int, run_b: str, seed_b: int) -> int:
-        a, b = (pixels(tmp_path / r / f"ddpm4_seed{s}.png") for r, s in ((run_a, seed_a), (run_b, seed_b)))
+        a, b = (pixels(tmp_path / r / f"ddim4_seed{s}.png") for r, s in ((run_a, seed_a), (run_b, seed_b)))
         return np.abs(a - b).max()
 
     for s in (3, 4, 5, 6):
@@ -132,13 +128,13 @@ def test_sample_out_dir_is_never_overwritten_without_overwrite(capsys, model_dir
     args = ["sample", "--model", model_dir, "--num_images", 2, "--steps", 2, "--quiet"]
     args += ["--out", tmp_path / "grid.png", "--out_dir", tmp_path / "images", "--seed"]
     assert run(capsys, *args, 0)[0] == 0
-    first = tmp_path / "images" / "ddpm2_seed0.png"
+    first = tmp_path / "images" / "ddim2_seed0.png"
     first.write_bytes(b"not replaced")
     code, _, err = run(capsys, *args, 0)
-    assert_usage_error(code, err, "already holds ddpm2_seed0.png and 1 more", "--overwrite")
+    assert_usage_error(code, err, "already holds ddim2_seed0.png and 1 more", "--overwrite")
     assert first.read_bytes() == b"not replaced"
     code, _, err = run(capsys, *args, 1)  # overlaps in seed 1
-    assert_usage_error(code, err, "already holds ddpm2_seed1.png;")
+    assert_usage_error(code, err, "already holds ddim2_seed1.png;")
     assert run(capsys, *args, 2)[0] == 0  # another seed adds files beside the old ones
     assert len(list((tmp_path / "images").iterdir())) == 4
     assert run(capsys, *args, 0, "--overwrite")[0] == 0
@@ -357,25 +353,24 @@ def test_info_counts_parameters_without_loading_weights(capsys, model_dir, monke
     assert "card" not in info
 
 
-def test_info_reads_training_metadata_from_the_card(capsys, model_dir, tmp_path):
+def test_info_reads_training_metadata_from_the_json_not_the_card(capsys, model_dir, tmp_path):
     import shutil
-
-    from ddpmkit.hub import create_model_card, save_model_card
 
     folder = tmp_path / "trained"
     shutil.copytree(model_dir, folder)
-    card = create_model_card(
-        "me/mnist-ddpm", dataset="ylecun/mnist", command=["python", "examples/train.py", "--dataset", "mnist"],
-        hyperparameters={"learning_rate": 1e-4, "epochs": 3}, metrics={"FID": 12.5},
-    )  # fmt: skip
-    save_model_card(card, folder)
+    (folder / "training_args.json").write_text(json.dumps({
+        "command": ["ddpmkit", "train", "--dataset", "mnist"], "dataset_id": "ylecun/mnist", "learning_rate": 1e-4,
+        "max_train_steps": 3, "eval_samples": 4, "eval_sampler": "ddim", "device": "cpu (test, 1 threads)",
+    }))  # fmt: skip
+    (folder / "eval_history.json").write_text(json.dumps([{"step": 3, "classifier_fd": 12.5}]))
+    (folder / "README.md").write_text("---\na: &a [*a, *a]\n---\n| learning_rate | 9 |\n")  # never read
     code, out, _ = run(capsys, "info", "--model", folder)
     assert code == 0
-    assert "training command: python examples/train.py --dataset mnist" in out
-    assert "learning_rate = 0.0001" in out and "epochs = 3" in out and "FID = 12.5" in out
+    assert "command = ddpmkit train --dataset mnist" in out and "learning_rate = 0.0001" in out
+    assert "classifier FD (4 samples, ddim-50, step 3) = 12.5" in out and "= 9" not in out
     info = json.loads(run(capsys, "info", "--model", folder, "--json")[1])
-    assert info["card"]["metadata"]["datasets"] == ["ylecun/mnist"]
-    assert info["card"]["Hyperparameters"] == {"learning_rate": "0.0001", "epochs": "3"}
+    assert info["card"]["training"]["dataset"] == "ylecun/mnist"
+    assert info["card"]["hyperparameters"] == {"learning_rate": 0.0001, "max_train_steps": 3}
 
 
 # -- preview ------------------------------------------------------------------------------------------------------
@@ -481,15 +476,19 @@ def test_convert_tutorial_then_sample_and_info(capsys, tmp_path):
 
 
 def test_a_subcommand_is_added_in_one_line(capsys, monkeypatch):
-    import ddpmkit.cli as cli
+    import types
 
-    def add_hello_parser(subparsers):
+    import ddpmkit.commands as commands
+    from ddpmkit.commands.common import positive_int
+
+    def add_parser(subparsers):
         parser = subparsers.add_parser("hello", help="say hello")
-        parser.add_argument("--times", type=cli.positive_int, default=1)
-        parser.set_defaults(func=lambda args: print("hello " * args.times) or 0)  # `func`, as other modules use
+        parser.add_argument("--times", type=positive_int, default=1)
+        parser.set_defaults(run=lambda args: print("hello " * args.times) or 0)
         return parser
 
-    monkeypatch.setattr(cli, "SUBCOMMANDS", cli.SUBCOMMANDS + (add_hello_parser,))
+    hello = types.SimpleNamespace(add_parser=add_parser, run=None)
+    monkeypatch.setattr(commands, "SUBCOMMANDS", commands.SUBCOMMANDS + (hello,))
     assert run(capsys, "hello", "--times", 2)[:2] == (0, "hello hello \n")
     code, _, err = run(capsys, "hello", "--times", 0)
     assert_usage_error(code, err, "ddpmkit hello: error: argument --times: must be a positive integer, got 0")

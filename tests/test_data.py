@@ -1,6 +1,5 @@
 """Tests of ddpmkit.data on small data made here (no network)."""
 
-import argparse
 import warnings
 
 import numpy as np
@@ -13,8 +12,6 @@ import ddpmkit.data as data
 from ddpmkit.data import (
     DATASET_PRESETS,
     ImageTensorDataset,
-    add_dataset_args,
-    dataset_from_args,
     load_image_dataset,
     save_preview_grid,
 )
@@ -153,12 +150,14 @@ def test_resolution_is_checked_against_the_unet_levels():
 
 def test_args_round_trip_and_batches_flip(tmp_path):
     table = make_parquet(tmp_path / "t.parquet", n=5)
-    parser = add_dataset_args(argparse.ArgumentParser())
-    args = parser.parse_args(
+    from helpers_train import parse_train_argv
+
+    config = parse_train_argv(
         ["--dataset", "mnist", "--train_data_files", str(table), "--resolution", "8", "--cache_dir", str(tmp_path)]
     )
-    assert args.resolution == 8 and args.random_flip is False and args.split == "train"
-    ds = dataset_from_args(args)
+    assert config.resolution == 8 and config.random_flip is False and config.split == "train"
+    ds = data.load_image_dataset(dataset=config.dataset, train_data_files=config.train_data_files,
+                                 resolution=config.resolution, cache_dir=config.cache_dir)  # fmt: skip
     assert isinstance(ds, ImageTensorDataset) and len(ds) == 5
     batch = ds.batch(torch.tensor([0, 1]), flip=torch.tensor([True, False]))
     assert torch.equal(batch[0], ds[0].flip(-1)) and torch.equal(batch[1], ds[1])

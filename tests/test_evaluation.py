@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 
+from ddpmkit.commands import main as evaluation_main
 from ddpmkit.evaluation import (
     ClassifierFeatures,
     FeatureStatistics,
@@ -31,10 +32,9 @@ from ddpmkit.evaluation import (
     prediction_summary,
     random_subset,
     train_classifier,
-    with_scheduler,
 )
-from ddpmkit.evaluation.cli import main as evaluation_main
 from ddpmkit.evaluation.inception import resize_like_tensorflow1
+from ddpmkit.pipelines.sampling import with_sampler as with_scheduler
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ddpmkit import ConvUNet2DModel, DDPMPipeline, LinearDDPMScheduler
-from ddpmkit.cli import main as ddpmkit
+from ddpmkit.commands import main as ddpmkit
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "generate.py"
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ddpmkit import ConvUNet2DModel, DDPMPipeline, DenoisingTrajectory, LinearDDPMScheduler
-from ddpmkit.images import image_grid, save_gif, to_pil_images, trajectory_frames, trajectory_picture
+from ddpmkit.utils.images import image_grid, save_gif, to_pil_images, trajectory_frames, trajectory_picture
 
 
 def ramp(batch: int, channels: int = 1, size: int = 4) -> torch.Tensor:

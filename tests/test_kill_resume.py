@@ -91,7 +91,7 @@ def _child(argv: list[str], markers: Path, log: Path, fault: str | None) -> None
 
         if fault and fault.startswith("prune:"):
             _die_while_removing(f"{CHECKPOINT_PREFIX}{fault.split(':')[1]}")
-        elif fault:
+        elif fault and not fault.startswith("step:"):  # step:N is the progress setter's, below
             _install_fault(fault)
         base = train.TrainingProgress
         kill_at_step = int(fault.split(":")[1]) if fault and fault.startswith("step:") else None

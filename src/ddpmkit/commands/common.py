@@ -163,7 +163,7 @@ def resolve_device(name: str | None):
 def check_model_folder(model: str) -> Path:
     root = Path(model).expanduser()
     if not root.exists():
-        raise UsageError(f"--model {model}: no such folder; pass a pipeline folder written by save_pretrained")
+        raise UsageError(f"--model {model} is not a pipeline folder (no such folder); pass one save_pretrained wrote")
     if not root.is_dir():
         raise UsageError(f"--model {model} is a file, not a pipeline folder")
     if not (root / "model_index.json").is_file():

@@ -14,6 +14,7 @@ from .common import (
     add_runtime,
     add_sampling,
     check_allocation,
+    check_model_folder,
     check_output_dir,
     check_steps,
     load_pipeline,
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if args.num_samples < 2:
         raise UsageError(f"--num_samples must be at least 2 to fit a covariance, got {args.num_samples}")
     steps = args.steps or SAMPLERS.get(args.scheduler, 1000)
+    check_model_folder(args.model)
     try:
         split_file(args.dataset, "train")
     except (ValueError, OSError) as e:

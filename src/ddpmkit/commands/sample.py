@@ -70,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
     check_steps(pipe, steps)
     check_allocation(pipe, min(args.batch_size, args.num_images), f"--batch_size {args.batch_size}")
     check_allocation(pipe, args.num_images, f"--num_images {args.num_images} at --scale {args.scale}", args.scale)
-    pipe.set_progress_bar_config(disable=args.quiet or args.num_images > args.batch_size, leave=False,
-                                 desc="denoising")  # fmt: skip
+    pipe.set_progress_bar_config(disable=args.quiet, leave=False, desc="denoising")
     start = time.perf_counter()
     images = []
     try:

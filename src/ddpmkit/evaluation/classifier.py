@@ -218,7 +218,7 @@ def load_classifier(path: str | Path) -> ImageClassifier:
     if not (path / "config.json").is_file():
         raise ValueError(
             f"{path} is not a classifier folder (no config.json); train one with "
-            f"`python -m ddpmkit.evaluation train-classifier --dataset DIR --output {path}`"
+            f"`ddpmkit train-classifier --dataset DIR --output {path}`"
         )
     return ImageClassifier.from_pretrained(path, use_safetensors=True).eval()
 

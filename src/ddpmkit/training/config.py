@@ -164,7 +164,10 @@ class TrainingConfig:
         argv = []
         for f in dataclasses.fields(self):
             value, default = getattr(self, f.name), _default(f)
-            if value == default or f.metadata.get("secret") or (f.name == "report_to" and default is None):
+            if value == default or (f.name == "report_to" and default is None):
+                continue
+            if f.metadata.get("secret"):
+                argv += [f"--{f.name}", "REDACTED"]
                 continue
             if isinstance(value, bool):
                 argv.append(f"--{f.name}" if value else f"--no-{f.name}")
