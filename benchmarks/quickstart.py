@@ -124,7 +124,7 @@ def train_diffusers(args, out_dir: Path, budget: float) -> dict:
 
 def evaluate(side: str, args, model_dir: Path) -> dict:
     import torch
-    from ddpmkit.images import image_grid
+    from ddpmkit.utils.images import image_grid
     from diffusers import DDPMPipeline as StockPipeline
 
     from ddpmkit import DDPMPipeline
