@@ -135,7 +135,8 @@ class DDPMPipeline(DiffusionPipeline):
 
         # 3. denoise: x_t -> x_{t-1}
         unet_kwargs = {} if class_labels is None else {"class_labels": class_labels}
-        for i, t in enumerate(self.progress_bar(timesteps)):
+        # the timesteps as host ints, read back once: a device tensor per step would sync the host on every step
+        for i, t in enumerate(self.progress_bar(timesteps.tolist())):
             model_input = self.scheduler.scale_model_input(image, t)
             model_output = self.unet(model_input, t, **unet_kwargs).sample
             step = self.scheduler.step(model_output, t, image, generator=generator)
