@@ -124,11 +124,11 @@ def train_diffusers(args, out_dir: Path, budget: float) -> dict:
 
 def evaluate(side: str, args, model_dir: Path) -> dict:
     import torch
-    from ddpmkit.utils.images import image_grid
     from diffusers import DDPMPipeline as StockPipeline
 
     from ddpmkit import DDPMPipeline
     from ddpmkit.evaluation import evaluate_pipeline
+    from ddpmkit.utils.images import image_grid
 
     pipe = (DDPMPipeline if side == "ddpmkit" else StockPipeline).from_pretrained(model_dir)
     pipe.set_progress_bar_config(disable=True)
