@@ -66,7 +66,7 @@ def test_python_m_ddpmkit_help_lists_every_command():
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", ["sample", "trajectory", "preview", "convert-tutorial", "info"])
+@pytest.mark.parametrize("command", ["sample", "trajectory", "preview", "convert-tutorial", "info", "card"])
 def test_each_command_has_help_with_an_example(capsys, command):
     code, out, _ = run(capsys, command, "--help")
     assert code == 0
@@ -76,7 +76,7 @@ def test_each_command_has_help_with_an_example(capsys, command):
 
 def test_every_subcommand_is_registered_by_its_own_function():
     names = [m.__name__.rsplit(".", 1)[-1] for m in SUBCOMMANDS]
-    assert names == ["sample", "trajectory", "train", "evaluate", "preview", "info", "convert_tutorial",
+    assert names == ["sample", "trajectory", "train", "evaluate", "card", "preview", "info", "convert_tutorial",
                      "train_classifier"]  # fmt: skip
     assert all(callable(m.add_parser) and callable(m.run) for m in SUBCOMMANDS)
 

@@ -6,7 +6,7 @@ import pytest
 from helpers_train import make_parquet, run_train, tiny_model_config, train_argv
 from huggingface_hub import HfApi, ModelCard
 
-from ddpmkit.hub import check_push_args, create_model_card, push_to_hub, save_model_card
+from ddpmkit.hub import check_push_args, push_to_hub
 
 
 @pytest.fixture
@@ -26,26 +26,6 @@ def fake_hub(monkeypatch):
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     return calls
-
-
-def test_model_card_metadata_and_content(tmp_path):
-    card = create_model_card(
-        "me/ddpm-mnist", dataset="ylecun/mnist", command=["accelerate", "launch", "examples/train.py", "--seed", "1"],
-        hyperparameters={"learning_rate": 1e-4, "train_batch_size": 64}, sample_grid="samples.png",
-        metrics={"FID (1k samples)": 12.345678},
-    )  # fmt: skip
-    data = card.data.to_dict()
-    assert data["library_name"] == "ddpmkit" and data["license"] == "apache-2.0"
-    assert {"diffusers", "unconditional-image-generation", "ddpm"} <= set(data["tags"])
-    assert data["datasets"] == ["ylecun/mnist"]
-    text = str(card)
-    assert "accelerate launch examples/train.py --seed 1" in text and "| learning_rate | 0.0001 |" in text
-    assert "![samples](samples.png)" in text and "| FID (1k samples) | 12.3457 |" in text
-    assert 'DDPMPipeline.from_pretrained("me/ddpm-mnist")' in text
-    path = save_model_card(card, tmp_path)
-    assert ModelCard.load(path).data.library_name == "ddpmkit"
-    local = create_model_card("x", dataset=str(tmp_path))  # a local folder is not a Hub dataset id
-    assert "datasets" not in local.data.to_dict()
 
 
 def test_push_to_hub_uploads_the_folder_without_checkpoints(tmp_path, fake_hub, monkeypatch):

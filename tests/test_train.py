@@ -376,7 +376,9 @@ def test_eval_steps_scores_ema_samples_into_history_tensorboard_and_card(tmp_pat
     assert [row["step"] for row in history] == [3, 4]  # every 3 steps, and the last
     assert all(math.isfinite(row["classifier_fd"]) and 0 < row["confidence"] <= 1 for row in history)
     card = (out / "README.md").read_text()
-    assert f"| classifier FD (4 samples, ddim-50, step 4) | {history[-1]['classifier_fd']:.6g} |" in card
+    points = ", ".join(f"step {row['step']}: {row['classifier_fd']:.1f}" for row in history)
+    assert f"4 DDIM-50 samples: {points}." in card
+    assert all(row["num_samples"] == 4 and row["sampler"] == "ddim" for row in history)
     assert "| snr_gamma | 5 |" in card
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -8,10 +8,10 @@ with code 1.
 import os
 import sys
 
-from . import convert_tutorial, evaluate, info, preview, sample, train, train_classifier, trajectory
+from . import card, convert_tutorial, evaluate, info, preview, sample, train, train_classifier, trajectory
 from .common import Parser, UsageError
 
-SUBCOMMANDS = (sample, trajectory, train, evaluate, preview, info, convert_tutorial, train_classifier)
+SUBCOMMANDS = (sample, trajectory, train, evaluate, card, preview, info, convert_tutorial, train_classifier)
 
 
 def build_parser() -> Parser:

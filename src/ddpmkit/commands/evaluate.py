@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..evaluation.evaluate import SCHEDULERS
 from ..pipelines.sampling import SAMPLERS
+from ..utils.device import describe_device
 from .common import (
     UsageError,
     add_model,
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(one_line(e)) from None
     results["dataset"] = str(args.dataset)
-    results["device"] = str(pipe.device)
+    results["device"] = describe_device(pipe.device)
     for key in ("fid_skipped", "classifier_skipped"):
         if key in results:
             print(f"note: {results[key]}", file=sys.stderr)

@@ -9,7 +9,6 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from ..data import DATASET_PRESETS, load_image_dataset, save_preview_grid
 from ..models import ConvUNet2DModel
 from ..pipelines import DDPMPipeline
 from ..pipelines.sampling import SAMPLERS, sample_images, to_uint8
+from ..utils.device import cpu_has_native_bf16, describe_device
 from ..utils.images import image_grid
 from ..utils.io import atomic_save_image, atomic_write_json, is_disk_full, save_pretrained_atomically
 from ..utils.lock import FolderLock
@@ -345,8 +345,8 @@ class _Run:
             cache_dir = Path(config.cache_dir) / "stats" if config.cache_dir else None
             results = evaluate_images(images, config.eval_data, classifier=config.eval_classifier, fid=False,
                                       floor_split=None, cache_dir=cache_dir)  # fmt: skip
-            row = {"step": step, **{k: results[k] for k in EVAL_METRICS},
-                   "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
+            row = {"step": step, **{k: results[k] for k in EVAL_METRICS}, "num_samples": config.eval_samples,
+                   "sampler": config.eval_sampler, "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
             path = self.output_dir / "eval_history.json"
             history = json.loads(path.read_text()) if path.exists() else []
             history = [r for r in history if r["step"] < step] + [row]  # a resumed run rewrites what it redoes
@@ -415,7 +415,7 @@ class _Run:
             "parameters": self.n_params,
             "dataset_id": preset.hub_id if preset else config.dataset_name or self.dataset.source,
             "train_seconds": round(time.perf_counter() - self.started, 1),
-            "device": _describe_device(self.accelerator.device),
+            "device": describe_device(self.accelerator.device),
             "started_at_step": self.start_step,
         }
         path = self.output_dir / "training_args.json"
@@ -424,21 +424,12 @@ class _Run:
                 before = json.loads(path.read_text())
             except (OSError, ValueError):
                 before = None
+            if isinstance(before, dict) and isinstance(before.get("card"), dict):
+                record["card"] = before.pop("card")  # the card's own text stays with the folder
             if isinstance(before, dict) and before.get("max_train_steps", 0) <= self.start_step:
                 previous = before.pop("previous_runs", [])
                 record["previous_runs"] = [*previous, before]
         return record
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX). torch has no public query for it, and its
-    mkldnn check also says yes for AVX-512 without bf16, where bf16 is emulated and slower."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _final_save_error(output_dir: Path, error: BaseException) -> TrainingError:
@@ -460,12 +451,6 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def _tracker_config(config: TrainingConfig) -> dict:
     return {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
-
-
-def _describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def _configure_logging(accelerator) -> None:
