@@ -17,7 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-SECTIONS = ("training", "efficiency", "sampling", "overhead", "memory", "options")
+SECTIONS = ("training", "efficiency", "sampling", "guidance", "overhead", "memory", "options")
 DEFAULT_MNIST = HERE.parent.parent / "shared" / "data" / "mnist" / "train.parquet"
 
 
@@ -91,6 +91,8 @@ def main(args: argparse.Namespace) -> dict:
             out = sections.efficiency(settings, cpu, log)
         elif name == "sampling":
             out = sections.sampling(settings, log)
+        elif name == "guidance":
+            out = sections.guidance(settings, log)
         elif name == "overhead":
             out = sections.overhead(settings, log, args.mnist_file)
         elif name == "memory":
@@ -164,6 +166,22 @@ def to_markdown(results: dict) -> str:
                 f"{100 * r['ddpmkit_overhead_over_bare']:+.1f}% | {100 * r['diffusers_overhead_over_bare']:+.1f}% |"
             )
         lines += ["", "Times are scaled linearly from the timed steps and batch to the nominal steps and 100 images."]
+        lines.append("")
+    if "guidance" in sec:
+        lines += [
+            "## Classifier-free guidance, class-conditional `small` UNet: seconds per 100 images", "",
+            "| method | timed steps x batch | unguided | guided (scale 2) | guided / unguided | UNet at the batch | "
+            "UNet at twice the batch | UNet 2B / B |", "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]  # fmt: skip
+        for r in sec["guidance"]["rows"]:
+            s = r["seconds_per_100_images"]
+            lines.append(
+                f"| {r['method']} | {r['timed_steps']} x {r['batch']} | {s['unguided']:.2f} | "
+                f"{s['guided (scale 2)']:.2f} | {r['ratio_guided_over_unguided']:.3f} | "
+                f"{s['UNet at the batch']:.2f} | "
+                f"{s['UNet at twice the batch']:.2f} | {r['ratio_unet_double_over_single']:.3f} |"
+            )
+        lines += ["", "Guided sampling runs the UNet once per step on the class and null halves together."]
         lines.append("")
     if "overhead" in sec:
         o = sec["overhead"]

@@ -327,6 +327,56 @@ def sampling(s: Settings, log) -> dict:
     return {"unet": "small", "rows": rows}
 
 
+def guidance(s: Settings, log) -> dict:
+    """Classifier-free guidance against plain class-conditional sampling: seconds per 100 images with a
+    class-conditional ``small`` UNet (10 classes and the null class), DDIM, the same steps and labels; beside them the
+    UNet alone at the batch and at twice the batch, the least a guided step can cost."""
+    from ddpmkit import ConvUNet2DModel, DDPMPipeline, LinearDDPMScheduler, model_preset
+    from ddpmkit.pipelines.sampling import balanced_labels
+
+    torch.manual_seed(0)
+    unet = ConvUNet2DModel(sample_size=RESOLUTION, in_channels=CHANNELS, out_channels=CHANNELS, num_class_embeds=11,
+                           id2label={str(i): str(i) for i in range(10)}, **model_preset("small")).eval()  # fmt: skip
+    scheduler = make_scheduler("DDIM-50", LinearDDPMScheduler().config)
+    pipe = DDPMPipeline(unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    batch, timed = s.sample_batch, s.sample_timed_steps["DDIM-50"]
+    labels = balanced_labels(10, batch)
+
+    def run(scale, steps=timed):
+        return lambda: pipe(batch_size=batch, class_labels=labels, guidance_scale=scale, num_inference_steps=steps,
+                            generator=torch.Generator().manual_seed(0), output_type="np")  # fmt: skip
+
+    def forward(n):
+        x, t = torch.randn(n, CHANNELS, RESOLUTION, RESOLUTION), torch.full((n,), 500)
+        y = torch.tensor((labels + labels)[:n])
+
+        def go():
+            with torch.no_grad():
+                for _ in range(timed):
+                    unet(x, t, class_labels=y)
+
+        return go
+
+    for warm in (run(1.0, 2), run(2.0, 2)):
+        warm()
+    cases = {"unguided": run(1.0), "guided (scale 2)": run(2.0), "UNet at the batch": forward(batch),
+             "UNet at twice the batch": forward(2 * batch)}  # fmt: skip
+    times = interleaved(cases, s.repeats, warmup=0)
+    scale = NOMINAL_STEPS["DDIM-50"] / timed * 100 / batch
+    per100 = {name: median(ts) * scale for name, ts in times.items()}
+    row = {
+        "method": "DDIM-50", "timed_steps": timed, "batch": batch, "seconds_per_100_images": per100,
+        "spread": {name: spread(ts) for name, ts in times.items()},
+        "ratio_guided_over_unguided": per100["guided (scale 2)"] / per100["unguided"],
+        "ratio_unet_double_over_single": per100["UNet at twice the batch"] / per100["UNet at the batch"],
+    }  # fmt: skip
+    log(f"guidance DDIM-50 s/100 img: unguided {per100['unguided']:.2f} guided {per100['guided (scale 2)']:.2f} "
+        f"ratio {row['ratio_guided_over_unguided']:.3f} "
+        f"(UNet 2B/B {row['ratio_unet_double_over_single']:.3f})")  # fmt: skip
+    return {"unet": "small, class-conditional", "rows": [row]}
+
+
 # --- 2. the training script's overhead over a bare loop -----------------------------------------------------------
 
 

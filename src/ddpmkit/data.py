@@ -29,7 +29,7 @@ from .utils.io import atomic_save_image, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: class names in the metadata
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 DATA_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
@@ -61,9 +61,12 @@ class ImageTensorDataset(torch.utils.data.Dataset):
         images: ``(N, C, H, W)`` uint8 tensor.
         labels: optional ``(N,)`` int64 tensor.
         source: a human-readable description of where the images came from.
+        class_names: the name of each label id, when the data names its classes (a ``ClassLabel`` column, class
+            sub-folders).
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None, source: str = ""):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None, source: str = "",
+                 class_names: list[str] | None = None):  # fmt: skip
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be a uint8 tensor (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if labels is not None and labels.shape != (images.shape[0],):
@@ -71,6 +74,7 @@ class ImageTensorDataset(torch.utils.data.Dataset):
         self.images = images
         self.labels = None if labels is None else labels.to(torch.int64)
         self.source = source
+        self.class_names = list(class_names) if class_names else None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -226,7 +230,7 @@ def load_image_dataset(
     cached = _read_cache(cache_file)
     if cached is not None:
         logger.info("Loaded %d decoded images from the cache %s", cached[0].shape[0], cache_file)
-        return ImageTensorDataset(cached[0], cached[1], source=source)
+        return ImageTensorDataset(cached[0], cached[1], source=source, class_names=cached[2])
 
     # 2. the encoded images (bytes or paths) and labels
     if train_data_dir is not None:
@@ -234,7 +238,7 @@ def load_image_dataset(
         label_column = "label" if "label" in table.features else None
     elif train_data_files is not None:
         table = _load_files_table(train_data_files, split, cache_root)
-    encoded, labels = _table_records(table, image_column, label_column, source)
+    encoded, labels, class_names = _table_records(table, image_column, label_column, source)
     if max_train_samples is not None:
         encoded = encoded[:max_train_samples]
         labels = None if labels is None else labels[:max_train_samples]
@@ -243,8 +247,8 @@ def load_image_dataset(
     images, keep = decode_images(encoded, resolution, channels, center_crop, source)
     if labels is not None:
         labels = torch.as_tensor(np.asarray(labels, dtype=np.int64)[keep])
-    _write_cache(cache_file, images, labels, source)
-    return ImageTensorDataset(images, labels, source=source)
+    _write_cache(cache_file, images, labels, source, class_names)
+    return ImageTensorDataset(images, labels, source=source, class_names=class_names)
 
 
 def decode_images(
@@ -387,8 +391,9 @@ def _load_hub_table(dataset_name: str, config_name: str | None, split: str, cach
         ) from error
 
 
-def _table_records(ds, image_column, label_column, source: str) -> tuple[list, list[int] | None]:
-    """The encoded images (bytes or paths, nothing decoded) and integer labels of a ``datasets`` table."""
+def _table_records(ds, image_column, label_column, source: str) -> tuple[list, list[int] | None, list[str] | None]:
+    """The encoded images (bytes or paths, nothing decoded), integer labels and class names (of a ``ClassLabel``
+    column) of a ``datasets`` table."""
     import datasets
 
     # 1. find the image column
@@ -420,12 +425,14 @@ def _table_records(ds, image_column, label_column, source: str) -> tuple[list, l
     ds = ds.cast_column(image_column, datasets.Image(decode=False))
     table = ds.with_format("arrow")[:]
     encoded = table[image_column].to_pylist()
-    labels = None
+    labels = names = None
     if label_column is not None:
         labels = table[label_column].to_pylist()
         if any(not isinstance(v, int) or isinstance(v, bool) for v in labels):
             raise ValueError(f"label column {label_column!r} of {source} does not hold integers; fix --label_column")
-    return encoded, labels
+        feature = ds.features[label_column]
+        names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    return encoded, labels, names
 
 
 # --- decoding -------------------------------------------------------------------------------------------------------
@@ -502,25 +509,29 @@ def _resize(image: PIL.Image.Image, resolution: int, center_crop: bool) -> PIL.I
 # --- cache ----------------------------------------------------------------------------------------------------------
 
 
-def _read_cache(path: Path) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+def _read_cache(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, list[str] | None] | None:
     if not path.is_file():
         return None
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     try:
         tensors = load_file(str(path))
-    except (OSError, SafetensorError) as error:
+        with safe_open(str(path), "pt") as f:
+            names = json.loads((f.metadata() or {}).get("class_names", "null"))
+    except (OSError, SafetensorError, ValueError) as error:
         logger.warning("Ignoring the unreadable image cache %s (%s); decoding again", path, error)
         return None
-    return tensors["images"], tensors.get("labels")
+    return tensors["images"], tensors.get("labels"), names if isinstance(names, list) else None
 
 
-def _write_cache(path: Path, images: torch.Tensor, labels: torch.Tensor | None, source: str) -> None:
+def _write_cache(path: Path, images: torch.Tensor, labels: torch.Tensor | None, source: str,
+                 class_names: list[str] | None = None) -> None:  # fmt: skip
     from safetensors.torch import save
 
     tensors = {"images": images} if labels is None else {"images": images, "labels": labels}
+    metadata = {"source": source[:500], "class_names": json.dumps(class_names)}
     try:
-        atomic_write_bytes(path, save(tensors, metadata={"source": source[:500]}))
+        atomic_write_bytes(path, save(tensors, metadata=metadata))
     except OSError as error:  # a cache that cannot be written costs time, not correctness
         logger.warning("Could not write the image cache %s (%s); the next run decodes again", path, error)

@@ -42,6 +42,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_sampling(parser, choices=SCHEDULERS)
     parser.set_defaults(seed=0)
     parser.add_argument("--batch_size", type=positive_int, default=100, help="images per pipeline call")
+    parser.add_argument("--guidance_scale", type=float, default=None, metavar="S",
+                        help="for a class-conditional model: ask for every class equally often with this "
+                        "classifier-free guidance and add the asked-for-class accuracy (default: sample it "
+                        "unconditionally, through its null class)")  # fmt: skip
     parser.add_argument("--classifier", default="auto",
                         help="classifier folder; 'auto' uses the one ddpmkit ships for the dataset, 'none' skips")
     parser.add_argument("--fid", choices=("auto", "yes", "no"), default="auto",
@@ -79,7 +83,11 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(output.parent, label=f"the folder of {output}")  # before minutes of sampling
     if output.exists() and (output.is_dir() or not _writable(output)):
         raise UsageError(f"cannot write {output}; choose another --output")
+    if args.guidance_scale is not None and not 0 <= args.guidance_scale <= 100:
+        raise UsageError(f"--guidance_scale must be between 0 and 100 (1: no guidance), got {args.guidance_scale}")
     pipe = load_pipeline(args)
+    if args.guidance_scale is not None and pipe.id2label is None:
+        raise UsageError(f"--guidance_scale: {args.model} is not class-conditional (its UNet has no id2label)")
     check_steps(pipe, steps)
     check_allocation(pipe, args.batch_size, f"--batch_size {args.batch_size}")
     try:
@@ -88,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed, batch_size=args.batch_size, classifier=classifier,
             fid={"auto": None, "yes": True, "no": False}[args.fid], inception_weights=args.inception_weights,
             reference_samples=args.reference_samples, cache_dir=args.cache_dir, progress=not args.quiet,
+            guidance_scale=args.guidance_scale,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(one_line(e)) from None
@@ -106,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, RecursionError):
             record = {}
     key = f"{args.scheduler}-{steps}steps-n{args.num_samples}-seed{args.seed}"
+    if args.guidance_scale is not None:
+        key += f"-guidance{args.guidance_scale:g}"
     record[key] = results
     from ..utils.io import atomic_write_json
 
@@ -114,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         raise UsageError(f"could not write {output}: {one_line(e)}") from None
     print(f"wrote {output} [{key}]")
+    if output.parent.resolve() == Path(args.model).resolve():
+        print(f"the model card shows it after `ddpmkit card --model {args.model}`")
     return 0
 
 

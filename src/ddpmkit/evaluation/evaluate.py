@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..pipelines.sampling import SAMPLERS, sample_images, to_uint8, with_sampler
+from ..pipelines.sampling import SAMPLERS, balanced_labels, sample_images, to_uint8, with_sampler
 from .classifier import ImageClassifier, bundled_classifier_path, prediction_summary
 from .dataset import load_labelled_images, random_subset, split_file
 from .features import ClassifierFeatures, InceptionFeatures, dataset_statistics
@@ -21,11 +21,13 @@ SCHEDULERS = ("pipeline", *SAMPLERS)
 
 @torch.no_grad()
 def generate_images(
-    pipe, num_samples: int, num_inference_steps: int, seed: int = 0, batch_size: int = 100, progress: bool = False
-) -> torch.Tensor:
+    pipe, num_samples: int, num_inference_steps: int, seed: int = 0, batch_size: int = 100, progress: bool = False,
+    **call_kwargs,
+) -> torch.Tensor:  # fmt: skip
     """``num_samples`` images from ``pipe`` as uint8 ``(N, C, H, W)``, quantized as a saved PNG would be; image ``i``
-    is the one ``ddpmkit sample`` draws for seed ``seed + i`` (:func:`~ddpmkit.pipelines.sampling.sample_batches`)."""
-    return to_uint8(sample_images(pipe, num_samples, num_inference_steps, seed, batch_size, progress))
+    is the one ``ddpmkit sample`` draws for seed ``seed + i`` (:func:`~ddpmkit.pipelines.sampling.sample_batches`).
+    ``call_kwargs`` (``class_labels``, ``guidance_scale``) go to :func:`~ddpmkit.pipelines.sampling.sample_images`."""
+    return to_uint8(sample_images(pipe, num_samples, num_inference_steps, seed, batch_size, progress, **call_kwargs))
 
 
 def _resolve_classifier(classifier, dataset) -> ClassifierFeatures | None:
@@ -42,15 +44,23 @@ def _resolve_classifier(classifier, dataset) -> ClassifierFeatures | None:
     return ClassifierFeatures.from_folder(classifier)
 
 
-def _classifier_metrics(extractor: ClassifierFeatures, images, reference: FeatureStatistics, suffix: str) -> dict:
+def _classifier_metrics(extractor: ClassifierFeatures, images, reference: FeatureStatistics, suffix: str,
+                        requested: torch.Tensor | None = None) -> dict:  # fmt: skip
     features, probabilities = extractor.classify(images)
     summary = prediction_summary(probabilities)
-    return {
+    metrics = {
         f"classifier_fd{suffix}": statistics_distance(FeatureStatistics.from_features(features), reference),
         f"confidence{suffix}": summary["confidence"],
         f"class_entropy{suffix}": summary["class_entropy"],
         f"class_histogram{suffix}": summary["class_histogram"],
     }
+    if requested is not None:  # how often the classifier sees the class that was asked for
+        hit = (probabilities.argmax(dim=1) == requested).double()
+        per_class = [float(hit[requested == c].mean()) if (requested == c).any() else None
+                     for c in range(probabilities.shape[1])]  # fmt: skip
+        metrics[f"class_accuracy{suffix}"] = float(hit.mean())
+        metrics[f"class_accuracy_per_class{suffix}"] = [None if a is None else round(a, 4) for a in per_class]
+    return metrics
 
 
 def evaluate_images(
@@ -63,6 +73,7 @@ def evaluate_images(
     reference_samples: int | None = None,
     floor_split: str | None = "test",
     cache_dir: str | os.PathLike | None = None,
+    class_labels: "torch.Tensor | list[int] | None" = None,
 ) -> dict:
     """Scores uint8 ``(N, C, H, W)`` images against a dataset's statistics.
 
@@ -80,8 +91,14 @@ def evaluate_images(
             holds, drawn at random (seed 0; :func:`~ddpmkit.evaluation.dataset.random_subset`);
             ``None`` skips it.
         cache_dir: where dataset statistics are cached (see :func:`dataset_statistics`).
+        class_labels: the class each image was asked to show (of a class-conditional model): adds
+            ``class_accuracy``, how often the classifier agrees, overall and per class. The floor's counterpart is
+            the classifier's accuracy on the held-out images' true labels.
     """
     images = torch.as_tensor(images)
+    requested = None if class_labels is None else torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
+    if requested is not None and requested.shape[0] != images.shape[0]:
+        raise ValueError(f"got {requested.shape[0]} class labels for {images.shape[0]} images")
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[0] < 2:
         raise ValueError(f"images must be uint8 (N >= 2, C, H, W), got {images.dtype} {tuple(images.shape)}")
     resolution, channels, n = images.shape[-1], images.shape[1], images.shape[0]
@@ -116,9 +133,10 @@ def evaluate_images(
         reference = dataset_statistics(dataset, reference_split, resolution, extractor, **stats_args)
         results["classifier"] = extractor.name
         results["reference"] = f"{reference_split} ({reference.num_samples} images)"
-        results.update(_classifier_metrics(extractor, images, reference, ""))
+        results.update(_classifier_metrics(extractor, images, reference, "", requested))
         if floor_images is not None:
-            results.update(_classifier_metrics(extractor, floor_images.images, reference, "_floor"))
+            truth = floor_images.labels if requested is not None else None
+            results.update(_classifier_metrics(extractor, floor_images.images, reference, "_floor", truth))
         results["class_entropy_max"] = math.log(len(results["class_histogram"]))
         results["classifier_seconds"] = round(time.time() - start, 2)
     if inception is not None:
@@ -153,6 +171,7 @@ def evaluate_pipeline(
     batch_size: int = 100,
     return_images: bool = False,
     progress: bool = False,
+    guidance_scale: float | None = None,
     **kwargs,
 ) -> "dict | tuple[dict, torch.Tensor]":
     """Generates ``num_samples`` images and scores them with :func:`evaluate_images`.
@@ -168,6 +187,9 @@ def evaluate_pipeline(
         batch_size: images per pipeline call.
         return_images: also return the scored uint8 ``(N, C, H, W)`` images, as ``(results, images)``.
         progress: a progress bar over the images.
+        guidance_scale: for a class-conditional pipeline (one with ``id2label``): the images ask for every class
+            equally often (image ``i`` class ``i % K``) with this classifier-free guidance, and the results add
+            the asked-for-class accuracy. ``None`` samples it unconditionally (the null class).
         kwargs: passed to :func:`evaluate_images` (``classifier``, ``fid``, ``inception_weights``, ...).
 
     Example:
@@ -178,8 +200,14 @@ def evaluate_pipeline(
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler {scheduler!r} must be one of {SCHEDULERS}")
     sampler = with_sampler(pipe, scheduler)
+    conditional = {}
+    if guidance_scale is not None:
+        names = getattr(pipe, "id2label", None)
+        if not names:
+            raise ValueError("guidance_scale needs a class-conditional pipeline (a UNet with id2label)")
+        conditional = {"class_labels": balanced_labels(len(names), num_samples), "guidance_scale": guidance_scale}
     start = time.time()
-    images = generate_images(sampler, num_samples, num_inference_steps, seed, batch_size, progress)
+    images = generate_images(sampler, num_samples, num_inference_steps, seed, batch_size, progress, **conditional)
     sampling_seconds = time.time() - start
     results = {
         "scheduler": scheduler if scheduler != "pipeline" else type(pipe.scheduler).__name__,
@@ -187,7 +215,9 @@ def evaluate_pipeline(
         "seed": seed,
         "sampling_seconds": round(sampling_seconds, 2),
     }
-    results.update(evaluate_images(images, dataset, **kwargs))
+    if conditional:
+        results["guidance_scale"] = guidance_scale
+    results.update(evaluate_images(images, dataset, class_labels=conditional.get("class_labels"), **kwargs))
     return (results, images) if return_images else results
 
 
@@ -195,6 +225,7 @@ TABLE_ROWS = (
     ("classifier FD", "classifier_fd"),
     ("confidence", "confidence"),
     ("class entropy", "class_entropy"),
+    ("asked-for-class accuracy", "class_accuracy"),
     ("FID", "fid"),
 )
 

@@ -61,6 +61,9 @@ class ConvUNet2DModel(ModelMixin, ConfigMixin):
         time_embedding_act_fn: activation after the time embedding's linear layer.
         num_class_embeds: if set, a learned class embedding is added to the time embedding, so
             ``class_labels`` can condition the model.
+        id2label: the class names of a class-conditional model, ``{"0": name, ...}``, so a folder says what it
+            draws. With it, ``num_class_embeds`` is one more than the classes: the last id is the null class
+            ("no class"), which classifier-free guidance and unconditional sampling use.
     """
 
     _supports_gradient_checkpointing = False
@@ -79,6 +82,7 @@ class ConvUNet2DModel(ModelMixin, ConfigMixin):
         act_fn: Literal["silu", "relu", "gelu", "mish"] = "silu",
         time_embedding_act_fn: Literal["silu", "relu", "gelu", "mish"] = "relu",
         num_class_embeds: int | None = None,
+        id2label: dict[str, str] | None = None,
     ):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -86,6 +90,7 @@ class ConvUNet2DModel(ModelMixin, ConfigMixin):
             sample_size, in_channels, out_channels, block_out_channels, time_embedding_dim, norm_num_groups,
             norm_eps, act_fn, time_embedding_act_fn, num_class_embeds,
         )  # fmt: skip
+        _check_id2label(id2label, num_class_embeds)
         channels = list(block_out_channels)
 
         # 1. time (and optional class) embedding: sinusoid -> Linear -> act
@@ -266,7 +271,8 @@ def _check_class_labels(class_labels, batch: int, num_classes: int) -> torch.Ten
     labels = labels.reshape(-1) if labels.ndim == 0 else labels
     if labels.ndim != 1 or labels.shape[0] not in (1, batch):
         raise ValueError(f"class_labels must be a scalar or have shape ({batch},), got {tuple(labels.shape)}")
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+    # checked where it costs nothing: on a GPU the read-back would sync the host at every call
+    if labels.device.type == "cpu" and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ValueError(f"class_labels must lie in [0, {num_classes - 1}], got {labels.tolist()}")
     return labels.expand(batch)
 
@@ -284,3 +290,25 @@ def _broadcast_timesteps(timestep, batch: int, device: torch.device) -> torch.Te
     if timestep.is_floating_point() and not torch.isfinite(timestep).all():
         raise ValueError("timestep holds NaN or infinite values")
     return timestep.expand(batch)
+
+
+MAX_LABEL_CHARS = 100
+
+
+def _check_id2label(id2label, num_class_embeds) -> None:
+    if id2label is None:
+        return
+    if not isinstance(id2label, dict) or not id2label:
+        raise ValueError(f"id2label must be a non-empty dict of class id -> name, got {id2label!r}")
+    ids = sorted(id2label, key=lambda k: int(k) if isinstance(k, str) and k.isdigit() else -1)
+    if ids != [str(i) for i in range(len(id2label))]:
+        raise ValueError(f"id2label keys must be the ids '0' to '{len(id2label) - 1}' as strings, got {ids[:5]}...")
+    for name in id2label.values():
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_LABEL_CHARS:
+            raise ValueError(f"every id2label name must be 1 to {MAX_LABEL_CHARS} characters, got {name!r}")
+    if num_class_embeds != len(id2label) + 1:
+        raise ValueError(
+            f"num_class_embeds must be {len(id2label) + 1} for {len(id2label)} classes (the last id is the null "
+            f"class), got {num_class_embeds}"
+        )
+

@@ -45,7 +45,8 @@ class DenoisingTrajectory:
 
 
 class DDPMPipeline(DiffusionPipeline):
-    """Unconditional image generation by DDPM ancestral sampling (or any diffusers scheduler swapped in).
+    """Image generation by DDPM ancestral sampling (or any diffusers scheduler swapped in): unconditional, or of the
+    classes a class-conditional UNet was trained on, with classifier-free guidance.
 
     Args:
         unet: a :class:`~ddpmkit.ConvUNet2DModel` or a diffusers ``UNet2DModel``.
@@ -94,6 +95,57 @@ class DDPMPipeline(DiffusionPipeline):
         if trajectory_steps is not None and not isinstance(trajectory_steps, (int, list, tuple)):
             raise ValueError(f"trajectory_steps must be an int or a list of step indices, got {trajectory_steps!r}")
 
+    @property
+    def id2label(self) -> dict[int, str] | None:
+        """The class names of a class-conditional UNet (id -> name), ``None`` for an unconditional one."""
+        names = getattr(self.unet.config, "id2label", None)
+        return {int(k): v for k, v in names.items()} if names else None
+
+    def get_label_ids(self, label: "int | str | list[int | str]") -> list[int]:
+        """Class ids of names (or ids) of the UNet's ``id2label``, e.g. ``pipe.get_label_ids(["Sneaker", 7])``."""
+        labels = label if isinstance(label, (list, tuple)) else [label]
+        names = self.id2label
+        if names is None:
+            raise ValueError("this UNet has no id2label, so it has no named classes; train with --class_conditional")
+        by_name = {name.lower(): i for i, name in names.items()}
+        ids = []
+        for item in labels:
+            if isinstance(item, str) and item.strip().lower() in by_name:
+                ids.append(by_name[item.strip().lower()])
+            elif isinstance(item, str) and item.strip().isdigit() and int(item) in names:
+                ids.append(int(item))
+            elif isinstance(item, (int, np.integer)) and not isinstance(item, bool) and int(item) in names:
+                ids.append(int(item))
+            else:
+                shown = ", ".join(f"{i} {n!r}" for i, n in names.items())
+                raise ValueError(f"class {item!r} is not one this model draws; use an id or a name of: {shown}")
+        return ids
+
+    def resolve_class_labels(self, class_labels, batch_size: int) -> tuple[torch.Tensor | None, int | None]:
+        """``(labels, null)``: the ``(batch_size,)`` class ids to draw (``None`` for none) and the null class id of
+        a model trained with one (``None`` otherwise)."""
+        num_embeds = getattr(self.unet.config, "num_class_embeds", None)
+        names = self.id2label
+        null = len(names) if names else None
+        if class_labels is None:
+            if num_embeds and null is None:
+                raise ValueError("this UNet is class-conditional without a null class: pass class_labels")
+            return (None if null is None else torch.full((batch_size,), null, dtype=torch.long)), null
+        if not num_embeds:
+            raise ValueError("this UNet is unconditional, so it takes no class_labels; leave them out")
+        if torch.is_tensor(class_labels):
+            labels = class_labels.long().cpu().reshape(-1)
+        elif names is not None:
+            labels = torch.tensor(self.get_label_ids(class_labels), dtype=torch.long)
+        else:
+            labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
+        if labels.shape[0] not in (1, batch_size):
+            raise ValueError(f"got {labels.shape[0]} class labels for batch_size {batch_size}; pass 1 or 1 per image")
+        top = null if null is not None else num_embeds
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= top):
+            raise ValueError(f"class_labels must lie in [0, {top - 1}], got {labels.tolist()}")
+        return labels.expand(batch_size).clone(), null
+
     @torch.no_grad()
     def __call__(
         self,
@@ -103,7 +155,8 @@ class DDPMPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         trajectory_steps: int | list[int] | None = None,
-        class_labels: torch.Tensor | None = None,
+        class_labels: "torch.Tensor | int | str | list[int | str] | None" = None,
+        guidance_scale: float = 1.0,
     ) -> DDPMPipelineOutput | tuple:
         """Generates ``batch_size`` images.
 
@@ -117,9 +170,16 @@ class DDPMPipeline(DiffusionPipeline):
             return_dict: return :class:`DDPMPipelineOutput` rather than a tuple.
             trajectory_steps: record the denoising process: an int ``n`` records ``n`` evenly spaced steps from the
                 first (pure noise) to the last; a list names step indices (0 = first, -1 = last).
-            class_labels: ``(batch_size,)`` labels for a class-conditional UNet.
+            class_labels: what a class-conditional UNet draws: one class for all images or one per image, as ids
+                or as names of the UNet's ``id2label``. Left out, a model trained with a null class draws from
+                every class (unconditionally).
+            guidance_scale: classifier-free guidance (Ho & Salimans 2022) for a model with a null class:
+                ``eps_null + s * (eps_class - eps_null)``, both from one batched UNet call per step. 1 is plain
+                conditional sampling; larger values trade variety for images that look more like their class.
         """
         self._check_call_arguments(batch_size, generator, num_inference_steps, output_type, trajectory_steps)
+        labels, null = self.resolve_class_labels(class_labels, batch_size)
+        guided = _check_guidance(guidance_scale, labels is not None and null is not None)
         # 1. pure noise x_T, drawn exactly as diffusers does so both pipelines give the same images
         sample_size = self.unet.config.sample_size
         size = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
@@ -134,11 +194,19 @@ class DDPMPipeline(DiffusionPipeline):
         recorded_t, recorded_x, recorded_x0 = [], [], []
 
         # 3. denoise: x_t -> x_{t-1}
-        unet_kwargs = {} if class_labels is None else {"class_labels": class_labels}
+        unet_kwargs = {}
+        if labels is not None:  # [class, null] halves of one batch when guided
+            labels = torch.cat([labels, torch.full_like(labels, null)]) if guided else labels
+            unet_kwargs["class_labels"] = labels.to(device)
         # the timesteps as host ints, read back once: a device tensor per step would sync the host on every step
         for i, t in enumerate(self.progress_bar(timesteps.tolist())):
             model_input = self.scheduler.scale_model_input(image, t)
+            if guided:
+                model_input = torch.cat([model_input, model_input])
             model_output = self.unet(model_input, t, **unet_kwargs).sample
+            if guided:
+                conditional, unconditional = model_output.chunk(2)
+                model_output = unconditional + guidance_scale * (conditional - unconditional)
             step = self.scheduler.step(model_output, t, image, generator=generator)
             if i in record:
                 recorded_t.append(int(t))
@@ -162,6 +230,18 @@ class DDPMPipeline(DiffusionPipeline):
         if not return_dict:
             return (image,) if trajectory is None else (image, trajectory)
         return DDPMPipelineOutput(images=image, trajectory=trajectory)
+
+
+def _check_guidance(scale, can_guide: bool) -> bool:
+    """Whether to guide; ``scale`` must be a finite number of at least 0."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 <= scale < float("inf"):
+        raise ValueError(f"guidance_scale must be a number of at least 0, got {scale!r}")
+    if scale != 1 and not can_guide:
+        raise ValueError(
+            f"guidance_scale {scale} needs class_labels and a UNet trained with a null class "
+            "(ddpmkit train --class_conditional); leave it at 1"
+        )
+    return scale != 1
 
 
 def _to_unit(x: torch.Tensor, keep_device: bool = False) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 # name -> default number of denoising steps
 SAMPLERS = {"ddpm": 1000, "ddim": 50, "dpmsolver": 20}
 DEFAULT_SAMPLER = "ddim"
+DEFAULT_GUIDANCE = 2.0  # classifier-free guidance of ddpmkit sample --class (see the conditional card)
 MAX_SEED = 2**63 - 2**32  # seed + image index must stay a valid torch seed
 
 
@@ -64,6 +65,7 @@ def sample_batches(
     seed: int = 0,
     batch_size: int = 32,
     progress: bool = False,
+    class_labels=None,
     **call_kwargs,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Draws ``num_images`` images in batches of ``batch_size``, yielding ``(index of the first image, images)``
@@ -74,13 +76,18 @@ def sample_batches(
         num_inference_steps: denoising steps.
         seed: image ``i`` is drawn with its own generator seeded ``seed + i``.
         progress: a progress bar over the images (when there is more than one batch).
-        call_kwargs: passed to the pipeline (``trajectory_steps``, ``class_labels``, ...).
+        class_labels: for a class-conditional pipeline, one class for every image, or one per image (a list or
+            tensor of ``num_images`` ids or names), sliced per batch.
+        call_kwargs: passed to the pipeline (``trajectory_steps``, ``guidance_scale``, ...).
     """
     for name, value in (("num_images", num_images), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED - num_images:
         raise ValueError(f"seed must be an integer in [0, {MAX_SEED - num_images}], got {seed!r}")
+    per_image = isinstance(class_labels, (list, tuple)) or (torch.is_tensor(class_labels) and class_labels.ndim)
+    if per_image and len(class_labels) != num_images:
+        raise ValueError(f"got {len(class_labels)} class labels for {num_images} images; pass one or one per image")
     from tqdm.auto import tqdm
 
     starts = range(0, num_images, batch_size)
@@ -88,6 +95,8 @@ def sample_batches(
     try:
         for start in starts:
             count = min(batch_size, num_images - start)
+            if class_labels is not None:
+                call_kwargs["class_labels"] = class_labels[start : start + count] if per_image else class_labels
             output = pipe(
                 batch_size=count,
                 generator=image_generators(seed, start, count),
@@ -105,12 +114,19 @@ def sample_batches(
 
 
 def sample_images(pipe, num_images: int, num_inference_steps: int, seed: int = 0, batch_size: int = 32,
-                  progress: bool = False, **call_kwargs) -> torch.Tensor:  # fmt: skip
+                  progress: bool = False, class_labels=None, **call_kwargs) -> torch.Tensor:  # fmt: skip
     """All images of :func:`sample_batches` as one float ``(N, C, H, W)`` tensor in [0, 1]."""
-    batches = sample_batches(pipe, num_images, num_inference_steps, seed, batch_size, progress, **call_kwargs)
+    batches = sample_batches(pipe, num_images, num_inference_steps, seed, batch_size, progress, class_labels,
+                             **call_kwargs)  # fmt: skip
     return torch.cat([images for _, images in batches])
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """Images in [0, 1] as uint8, quantized as a saved PNG would be."""
     return (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def balanced_labels(num_classes: int, num_images: int) -> list[int]:
+    """Class ``i % num_classes`` for image ``i``: every class equally often (to one), in a fixed order."""
+    return [i % num_classes for i in range(num_images)]
+

@@ -67,6 +67,12 @@ class TrainingConfig:
     prediction_type: Literal["epsilon", "sample", "v_prediction"] = option(
         "epsilon", "What the model learns to predict; the tutorial's is epsilon (the noise).", "model")  # fmt: skip
     ddpm_num_inference_steps: int = option(1000, "Denoising steps of the sample grids.", "model")
+    class_conditional: bool = option(False, "Train a class-conditional model on the dataset's labels (the label "
+                                     "column, or class sub-folders), so `ddpmkit sample --class 7` draws a 7; the "
+                                     "class names go into the UNet config.", "model")  # fmt: skip
+    condition_dropout: float = option(0.1, "With --class_conditional: the share of training images whose label is "
+                                      "replaced by the null class, so one model also draws unconditionally and "
+                                      "classifier-free guidance works.", "model")  # fmt: skip
 
     # -- training
     output_dir: str = option("ddpm-model", "Where the pipeline and checkpoints go.", "training")
@@ -203,6 +209,8 @@ class TrainingConfig:
             raise ValueError(f"--max_grad_norm must be >= 0 (0 disables clipping), got {self.max_grad_norm}")
         if not (self.snr_gamma >= 0 and math.isfinite(self.snr_gamma)):
             raise ValueError(f"--snr_gamma must be >= 0 (5 is usual; 0 is the plain loss), got {self.snr_gamma}")
+        if not 0 <= self.condition_dropout < 1:
+            raise ValueError(f"--condition_dropout must be in [0, 1) (0.1 is usual), got {self.condition_dropout}")
         if not 0 <= self.ema_max_decay < 1:
             raise ValueError(f"--ema_max_decay must be in [0, 1), got {self.ema_max_decay}")
         choices = {"lr_scheduler": ("cosine", "linear", "constant"), "eval_sampler": tuple(SAMPLERS),
@@ -246,8 +254,9 @@ class TrainingConfig:
         elif not Path(self.eval_classifier).is_dir():
             raise ValueError(f"--eval_classifier {self.eval_classifier!r} is not a folder; pass a trained classifier")
 
-    def unet_config(self, channels: int) -> dict:
-        """The UNet config: a preset or a JSON file, with ``sample_size`` and ``in_channels`` from the data.
+    def unet_config(self, channels: int, class_names: list[str] | None = None) -> dict:
+        """The UNet config: a preset or a JSON file, with ``sample_size`` and ``in_channels`` from the data, and
+        with ``class_names`` (of a class-conditional run) a class embedding for them and a null class.
         Raises ``ValueError`` when the resolution does not suit the UNet's levels."""
         name = self.model_config
         if name in MODEL_PRESETS:
@@ -259,6 +268,9 @@ class TrainingConfig:
                 f"unknown --model_config {name!r}; use one of {sorted(MODEL_PRESETS)} or a config.json path"
             )
         config.update(sample_size=self.resolution, in_channels=channels, out_channels=None)
+        if class_names:
+            config.update(num_class_embeds=len(class_names) + 1,
+                          id2label={str(i): str(name) for i, name in enumerate(class_names)})  # fmt: skip
         check_resolution_for_unet(self.resolution, config)
         import torch
 

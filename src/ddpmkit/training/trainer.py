@@ -18,7 +18,7 @@ from diffusers.training_utils import EMAModel
 from ..data import DATASET_PRESETS, load_image_dataset, save_preview_grid
 from ..models import ConvUNet2DModel
 from ..pipelines import DDPMPipeline
-from ..pipelines.sampling import SAMPLERS, sample_images, to_uint8
+from ..pipelines.sampling import SAMPLERS, balanced_labels, sample_images, to_uint8
 from ..utils.device import cpu_has_native_bf16, describe_device
 from ..utils.images import image_grid
 from ..utils.io import atomic_save_image, atomic_write_json, is_disk_full, save_pretrained_atomically
@@ -96,6 +96,19 @@ class _Run:
         self.eval_unet = None
         self.started = time.perf_counter()
 
+    def _class_names(self) -> list[str]:
+        """The class names of a class-conditional run: the data's own, else the label ids as names."""
+        labels = self.dataset.labels
+        if labels is None:
+            raise ValueError(
+                f"--class_conditional needs labels, and {self.dataset.source} has none: name the column with "
+                "--label_column, use a dataset with a label column, or put a folder's images in class sub-folders"
+            )
+        names = self.dataset.class_names or [str(i) for i in range(int(labels.max()) + 1)]
+        if int(labels.min()) < 0 or int(labels.max()) >= len(names):
+            raise ValueError(f"the labels of {self.dataset.source} run outside the {len(names)} class names")
+        return names
+
     # 1. data, the model config and the checks that need them, before any training
     def _prepare(self) -> None:
         config, accelerator, output_dir = self.config, self.accelerator, self.output_dir
@@ -120,7 +133,8 @@ class _Run:
         if config.preview and self.main:
             save_preview_grid(self.dataset, output_dir / "preview.png", nrow=10, seed=config.seed)
             logger.info("Saved a preview of the training images to %s", output_dir / "preview.png")
-        self.unet_config = config.unet_config(channels=self.dataset.num_channels)
+        self.class_names = self._class_names() if config.class_conditional else None
+        self.unet_config = config.unet_config(channels=self.dataset.num_channels, class_names=self.class_names)
         self.noise_scheduler = config.noise_scheduler()
         self.meta = {
             "unet": self.unet_config,
@@ -258,12 +272,17 @@ class _Run:
                     if config.random_flip:
                         flip = torch.rand(len(indices), generator=generator, device=accelerator.device) < 0.5
                     clean = self.dataset.batch(indices.to(images.device), accelerator.device, flip)  # (B, C, H, W)
+                    labels = None
+                    if self.class_names is not None:  # the null class for condition_dropout of the images
+                        labels = self.dataset.labels[indices].to(accelerator.device, non_blocking=True)
+                        drop = torch.rand(len(indices), generator=generator, device=accelerator.device)
+                        labels = torch.where(drop < config.condition_dropout, len(self.class_names), labels)
                     if config.channels_last:
                         clean = clean.contiguous(memory_format=torch.channels_last)
                     last_micro = micro == accumulation - 1
                     sync = contextlib.nullcontext() if last_micro or world == 1 else accelerator.no_sync(self.model)
                     with sync, accelerator.autocast():
-                        loss = diffusion_loss(self.model, self.noise_scheduler, clean, generator,
+                        loss = diffusion_loss(self.model, self.noise_scheduler, clean, generator, labels,
                                               snr_gamma=config.snr_gamma or None)  # fmt: skip
                         accelerator.backward(loss / accumulation)
                     monitor.add(step + 1, loss)
@@ -318,8 +337,10 @@ class _Run:
         """A grid of ``eval_batch_size`` samples, image ``i`` from seed ``seed + i``, so grids of steps compare."""
         pipeline = DDPMPipeline(unet=unet, scheduler=self.noise_scheduler)
         pipeline.set_progress_bar_config(disable=True)
+        labels = balanced_labels(len(self.class_names), self.config.eval_batch_size) if self.class_names else None
         images = sample_images(pipeline, self.config.eval_batch_size, self.config.ddpm_num_inference_steps,
-                               seed=self.config.seed, batch_size=self.config.eval_batch_size)  # fmt: skip
+                               seed=self.config.seed, batch_size=self.config.eval_batch_size,
+                               class_labels=labels)  # fmt: skip
         return image_grid(images)
 
     def _save_samples(self, step: int) -> None:

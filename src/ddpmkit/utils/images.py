@@ -100,6 +100,29 @@ def image_grid(images: ImageBatch, ncols: int | None = None, padding: int = 2, s
     return _grid_of_rows(rows, padding, scale)
 
 
+def labelled_grid(rows: list[ImageBatch], labels: list[str], padding: int = 2, scale: int = 1) -> PIL.Image.Image:
+    """A grid of one row per label (e.g. one class per row), each row's label written in a margin on its left."""
+    import PIL.ImageDraw
+    import PIL.ImageFont
+
+    rows = [to_pil_images(row) for row in rows]
+    if len(labels) != len(rows):
+        raise ValueError(f"got {len(labels)} labels for {len(rows)} rows")
+    grid = _grid_of_rows(rows, padding, scale)
+    font = PIL.ImageFont.load_default()
+    draw = PIL.ImageDraw.Draw(PIL.Image.new("L", (1, 1)))
+    margin = max(draw.textlength(str(label), font=font) for label in labels) + 2 * padding + 4
+    canvas = PIL.Image.new(grid.mode, (grid.width + int(margin), grid.height), color=0)
+    canvas.paste(grid, (int(margin), 0))
+    draw = PIL.ImageDraw.Draw(canvas)
+    height = rows[0][0].height * scale
+    white = 255 if canvas.mode == "L" else (255, 255, 255)
+    for r, label in enumerate(labels):
+        top = padding + r * (height + padding)
+        draw.text((padding + 2, top + height / 2), str(label), fill=white, font=font, anchor="lm")
+    return canvas
+
+
 def _trajectory_columns(
     trajectory: "DenoisingTrajectory", final_images: ImageBatch | None, show_x0: bool
 ) -> list[tuple[list[PIL.Image.Image], list[PIL.Image.Image] | None]]:
