@@ -100,3 +100,23 @@ def test_committed_cards_are_what_their_records_give(folder):
     assert (folder / "README.md").read_text() == str(render_model_card(folder, repo_id)), fix
     copy = ROOT / "model_cards" / f"{folder.name}.md"
     assert copy.read_text() == str(render_model_card(folder, repo_id, path=copy)), fix
+
+
+def test_a_conditional_card_shows_the_class_asked_for_per_guidance_scale(tmp_path):
+    folder = _folder(tmp_path)
+    (folder / "unet").mkdir()
+    (folder / "unet" / "config.json").write_text(json.dumps({"id2label": {"0": "zero", "1": "one"}}))
+    rows = json.loads((folder / "eval_results.json").read_text())
+    for scale, accuracy in ((3.0, 0.99), (1.0, 0.9)):
+        rows[f"ddim-g{scale}"] = {**rows["ddim-50steps-n1000-seed0"], "guidance_scale": scale,
+                                  "class_accuracy": accuracy, "class_accuracy_per_class": [accuracy, 0.8],
+                                  "class_accuracy_floor": 0.99}  # fmt: skip
+    (folder / "eval_results.json").write_text(json.dumps(rows))
+    text = str(render_model_card(folder, "me/digits"))
+    table = text[text.index("### Drawing the class asked for") :]
+    assert "names their true class 99.0% of the time" in table
+    first, second = (line for line in table.splitlines() if line.startswith("| DDIM, 50 steps"))
+    assert first == "| DDIM, 50 steps | 1 | 1000 | 90.0% | 80.0% (1) | 40.0 | 5.0 | 2.250 | 12.5 s |"
+    assert second.startswith("| DDIM, 50 steps | 3 | 1000 | 99.0% |")
+    assert text.count("| DDIM, 50 steps | 1000 |") == 1  # the unguided table keeps the unguided row only
+    assert "pipe(class_labels=['one'] * 16, guidance_scale=" in text and "--class all" in text

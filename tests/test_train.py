@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -239,6 +240,39 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, data_fil
     # the kept checkpoint resumes
     run_train(train_argv(data_file, out, model_config, "--resume_from_checkpoint", "latest", max_train_steps=3))
     assert (out / "model_index.json").is_file()
+
+
+# what torch.save to a path raised on a full 256 KiB tmpfs (torch 2.13): a bare RuntimeError, no OSError behind it
+TORCH_FULL_DISK = "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"
+
+
+def test_torch_saves_own_error_on_a_full_disk_is_reported_as_a_full_disk(tmp_path, data_file, model_config,
+                                                                         monkeypatch):  # fmt: skip
+    import shutil
+
+    import ddpmkit.utils.io as io
+
+    real_save, real_usage = torch.save, shutil.disk_usage
+    assert not io.is_disk_full(RuntimeError(TORCH_FULL_DISK), tmp_path)  # this disk has room: another failure
+    full = {"on": False}
+
+    def save(obj, f, *args, **kwargs):
+        if "checkpoint-4" in str(f):
+            full["on"] = True
+            Path(f).write_bytes(b"partial")
+            raise RuntimeError(TORCH_FULL_DISK)
+        return real_save(obj, f, *args, **kwargs)
+
+    def disk_usage(path):  # the disk as a full one reports itself while the partial file is there
+        usage = real_usage(path)
+        return usage._replace(free=4096) if full["on"] else usage
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(io.shutil, "disk_usage", disk_usage)
+    with pytest.raises(TrainingError, match=r"step 4.*disk is full.*checkpoint-2 is intact"):
+        run_train(train_argv(data_file, tmp_path / "out", model_config, max_train_steps=6, checkpointing_steps=2))
+    assert full["on"] and [p.name for p in list_checkpoints(tmp_path / "out")] == ["checkpoint-2"]
+    assert not io.is_disk_full(ValueError("bad value"), tmp_path)  # only write errors count
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(

@@ -22,7 +22,8 @@ HYPERPARAMETERS = ("model_config", "resolution", "train_batch_size", "gradient_a
 RUN_KEYS = ("command", "device", "train_seconds", "started_at_step", "max_train_steps", "total_batch_size")
 EVAL_KEYS = ("scheduler", "num_inference_steps", "num_samples", "seed", "classifier_fd", "classifier_fd_floor",
              "confidence", "confidence_floor", "class_entropy", "class_entropy_floor", "class_entropy_max",
-             "class_histogram", "sampling_seconds", "device", "dataset", "fid", "fid_floor")  # fmt: skip
+             "class_histogram", "sampling_seconds", "device", "dataset", "fid", "fid_floor", "guidance_scale",
+             "class_accuracy", "class_accuracy_per_class", "class_accuracy_floor")  # fmt: skip
 CARD_TEXT = ("title", "summary", "samples", "trajectory", "notes")
 EVAL_NAMES = {"classifier_fd": "classifier FD", "confidence": "confidence", "class_entropy": "class entropy"}
 MAX_RECORD_BYTES = 4 << 20
@@ -160,7 +161,18 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, lic
               "images = pipe(batch_size=16).images                                  # DDPM, 1000 steps",
               "pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)   # or DDIM, 50 steps",
               "images = pipe(batch_size=16, num_inference_steps=50, generator=torch.manual_seed(0)).images",
-              "```", ""]  # fmt: skip
+              ]  # fmt: skip
+    names = _class_names(folder)
+    if names:
+        from .pipelines.sampling import DEFAULT_GUIDANCE
+
+        lines += [f"# the class asked for, by name or id: {', '.join(repr(n) for n in names[:10])}"
+                  + (", ..." if len(names) > 10 else ""),
+                  f"images = pipe(class_labels=[{names[-1]!r}] * 16, guidance_scale={DEFAULT_GUIDANCE:g}, "
+                  "num_inference_steps=50).images"]  # fmt: skip
+    lines += ["```", ""]
+    if names:
+        lines += [f"From the command line: `ddpmkit sample --model {repo_id} --class all` draws a row per class.", ""]
     commands = [run["command"] for run in [*record.get("previous runs", []), training] if run.get("command")]
     if commands or notes.get("Training"):
         lines += ["## Training", ""] + _paragraphs(notes.get("Training"))
@@ -172,6 +184,18 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, lic
         if section not in ("Evaluation", "Compute", "Training"):
             lines += [f"## {section}", "", *_paragraphs(text)]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines).rstrip() + "\n")
+
+
+def _class_names(folder: Path) -> list[str]:
+    """The class names of a class-conditional folder (its UNet config's ``id2label``), else ``[]``."""
+    try:
+        config = _read_record(folder, "unet/config.json")
+    except (OSError, ValueError):
+        return []
+    id2label = config.get("id2label") if isinstance(config, dict) else None
+    if not isinstance(id2label, dict):
+        return []
+    return [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k) if str(k).isdigit() else -1)]
 
 
 def _paragraphs(text) -> list[str]:
@@ -193,7 +217,8 @@ def _evaluation_section(record: dict, notes, files: str) -> list[str]:
     lines = ["## Evaluation", ""]
     if evaluation:
         first = next(iter(evaluation.values()))
-        lines += [
+        unguided = [r for r in evaluation.values() if "guidance_scale" not in r]
+        lines += [] if not unguided else [
             f"`ddpmkit evaluate` on {first.get('device', 'the device named below')}: N samples (seeds from 0) against "
             f"the statistics of the training images of {first.get('dataset', 'the dataset')}, in the feature space "
             "of the dataset's classifier that ships with ddpmkit. The floor is N held-out test images drawn at random "
@@ -203,7 +228,7 @@ def _evaluation_section(record: dict, notes, files: str) -> list[str]:
             "| sampling time |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]  # fmt: skip
-        for row in evaluation.values():
+        for row in (r for r in evaluation.values() if "guidance_scale" not in r):
             fd, floor = row.get("classifier_fd"), row.get("classifier_fd_floor")
             histogram = row.get("class_histogram")
             cells = [
@@ -217,6 +242,7 @@ def _evaluation_section(record: dict, notes, files: str) -> list[str]:
         top = first.get("class_entropy_max")
         lines += ["", f"Class entropy is that of the classifier's predicted classes (at most {top:.3f}, every class "
                   "equally often); the smallest class is the share of the rarest one."] if top else []  # fmt: skip
+        lines += _guided_table([r for r in evaluation.values() if "guidance_scale" in r])
         lines += ["", f"Numbers in [`eval_results.json`]({files}eval_results.json).", ""]
     if history:
         args = record.get("training", {})
@@ -233,6 +259,43 @@ def _evaluation_section(record: dict, notes, files: str) -> list[str]:
             lines += [f"Classifier FD during training ([`eval_history.json`]({files}eval_history.json)), "
                       + "; ".join(parts) + ".", ""]  # fmt: skip
     return lines + _paragraphs(notes)
+
+
+def _guided_table(rows: list[dict]) -> list[str]:
+    """Rows of ``ddpmkit evaluate --guidance_scale``: the class asked for, every class equally often."""
+    if not rows:
+        return []
+    floor = next((r["class_accuracy_floor"] for r in rows if isinstance(r.get("class_accuracy_floor"), float)), None)
+    lines = [
+        "", "### Drawing the class asked for", "",
+        "`ddpmkit evaluate --guidance_scale S`: the N samples ask for every class equally often, with classifier-free "
+        "guidance at scale S (1: the conditional model alone). The asked-for-class accuracy is how often the "
+        "classifier names the class that was asked for"
+        + (f" (on the real test images it names their true class {floor:.1%} of the time)" if floor else "")
+        + "; the worst class is the class with the lowest accuracy.", "",
+        "| sampler | guidance scale | N | asked-for-class accuracy | worst class | classifier FD | x floor "
+        "| class entropy | sampling time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    for row in sorted(rows, key=lambda r: (_sampler(r), r["guidance_scale"] if _is_num(r["guidance_scale"]) else 0)):
+        fd, fd_floor, per_class = row.get("classifier_fd"), row.get("classifier_fd_floor"), row.get(
+            "class_accuracy_per_class")  # fmt: skip
+        scores = [a for a in per_class if _is_num(a)] if isinstance(per_class, list) else []
+        worst = f"{min(scores):.1%} ({per_class.index(min(scores))})" if scores else ""
+        cells = [
+            _sampler(row), f"{row['guidance_scale']:g}" if _is_num(row.get("guidance_scale")) else "",
+            _fmt(row.get("num_samples", "")),
+            f"{row['class_accuracy']:.1%}" if _is_num(row.get("class_accuracy")) else "", worst, _num(fd),
+            f"{fd / fd_floor:.1f}" if _is_num(fd) and _is_num(fd_floor) and fd_floor else "",
+            _num(row.get("class_entropy"), 3),
+            f"{row['sampling_seconds']:.1f} s" if _is_num(row.get("sampling_seconds")) else "",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _is_num(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _compute_section(record: dict, notes) -> list[str]:

@@ -189,11 +189,12 @@ def save_checkpoint(
     if accelerator.num_processes > 1:
         failed = accelerator.reduce(failed, reduction="sum")
     if failed.item() > 0:
+        full = error is not None and is_disk_full(error, output_dir)  # before the partial files free the space
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         previous = list_checkpoints(output_dir)
         kept = f"the previous checkpoint {previous[-1].name} is intact" if previous else "no earlier checkpoint exists"
-        reason = "the disk is full" if error is not None and is_disk_full(error) else f"writing failed ({error})"
+        reason = "the disk is full" if full else f"writing failed ({error})"
         raise TrainingError(
             f"could not save the checkpoint of step {step} to {str(tmp)!r}: {reason}; {kept}. Free space and "
             "resume with --resume_from_checkpoint latest"

@@ -459,7 +459,7 @@ def _final_save_error(output_dir: Path, error: BaseException) -> TrainingError:
         f"the checkpoint {checkpoints[-1].name} is intact" if checkpoints
         else "no checkpoint was saved, so a rerun trains from the start"
     )  # fmt: skip
-    reason = "the disk is full" if is_disk_full(error) else f"writing failed ({error})"
+    reason = "the disk is full" if is_disk_full(error, output_dir) else f"writing failed ({error})"
     return TrainingError(
         f"could not save the trained pipeline to {str(output_dir)!r}: {reason}; {kept}. Free space and rerun with "
         "--resume_from_checkpoint latest to save it again"

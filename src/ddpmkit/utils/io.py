@@ -80,15 +80,26 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.fsync(f.fileno())
 
 
-def is_disk_full(error: BaseException) -> bool:
-    """Whether ``error`` (or what caused it) is a full disk or an exhausted quota."""
+FULL_DISK_BYTES = 1 << 20
+
+
+def is_disk_full(error: BaseException, folder: str | os.PathLike | None = None) -> bool:
+    """Whether ``error`` (or what caused it) is a full disk or an exhausted quota. torch.save to a path on a full
+    disk raises a bare ``RuntimeError`` ("unexpected pos ..."), so with ``folder`` (where the write went, checked
+    before the partial file is removed) a write error on a disk with under 1 MiB free also counts."""
+    first = error
     while error is not None:
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
         if "No space left on device" in str(error):  # safetensors' and torch's own write errors
             return True
         error = error.__cause__ or error.__context__
-    return False
+    if folder is None or not isinstance(first, (OSError, RuntimeError)):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < FULL_DISK_BYTES
+    except OSError:
+        return False
 
 
 def move_into(file: Path, target: Path) -> None:
