@@ -332,13 +332,26 @@ def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, data_file, model_con
         (train_argv(tmp_path / "missing.parquet", tmp_path / "e", model_config), "does not exist"),
         (train_argv(data_file, tmp_path / "f", model_config, train_batch_size=64), "fewer than one step's 64"),
         (train_argv(data_file, tmp_path / "g", "huge"), "unknown --model_config 'huge'"),
+        (train_argv(data_file, tmp_path / "h", model_config, eval_batch_size=10**8), "--eval_batch_size 100000000"),
+        (train_argv(data_file, tmp_path / "file.txt" / "out", model_config), "file.txt is a file, not a folder"),
+        (train_argv(data_file, Path("/proc/ddpmkit-out"), model_config), "cannot create --output_dir /proc/"),
     ]
+    (tmp_path / "file.txt").write_text("")
     for argv, message in cases:
         assert train_cli(argv) == 2, message
         err = capsys.readouterr().err
         errors = [line for line in err.splitlines() if line.startswith("ddpmkit train: error: ")]
         assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, err[-2000:]
     assert not (tmp_path / "a").exists()  # refused before anything was written
+
+
+def test_a_read_only_output_dir_is_refused_before_training(tmp_path, data_file, model_config, capsys, monkeypatch):
+    real_access, locked = os.access, tmp_path / "locked"  # permissions do not bind root: the check sees read-only
+    locked.mkdir()
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    assert train_cli(train_argv(data_file, locked, model_config)) == 2
+    assert "--output_dir " + str(locked) + " is not writable" in capsys.readouterr().err
+    assert list(locked.iterdir()) == []
 
 
 def test_two_processes_write_one_folder_with_equal_ema(tmp_path, data_file, model_config):

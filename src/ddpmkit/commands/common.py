@@ -4,15 +4,13 @@
 import argparse
 import contextlib
 import dataclasses
-import os
 import types
 import typing
 from pathlib import Path
 
-from ..pipelines.sampling import MAX_SEED, SAMPLERS
+from ..pipelines.sampling import MAX_PIXELS, MAX_SEED, SAMPLERS
 
 DTYPES = ("float32", "bfloat16", "float16")
-MAX_PIXELS = 2**31  # images x channels x height x width that one sampling run may allocate (8 GiB of float32)
 
 
 class UsageError(Exception):
@@ -236,18 +234,12 @@ def check_output_file(path: str, suffixes: tuple[str, ...] | None = None) -> Pat
 
 
 def check_output_dir(path: str | Path, label: str | None = None) -> Path:
-    folder = Path(path).expanduser()
-    label = label or f"--out_dir {path}"
-    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise UsageError(f"cannot create {label}: {blocking} is a file, not a folder")
+    from ..utils.io import make_writable_folder
+
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create {label}: {one_line(e)}") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"{label} is not writable; choose another location")
-    return folder
+        return make_writable_folder(path, label or f"--out_dir {path}")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def save_image(image, path: Path, **kwargs) -> None:

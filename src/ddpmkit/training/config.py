@@ -13,7 +13,7 @@ from typing import Literal
 
 from ..data import DATASET_PRESETS, check_dataset_args, check_resolution_for_unet
 from ..models import MODEL_PRESETS, ConvUNet2DModel, model_preset
-from ..pipelines.sampling import SAMPLERS
+from ..pipelines.sampling import MAX_PIXELS, SAMPLERS
 from ..schedulers import LinearDDPMScheduler
 
 
@@ -195,6 +195,11 @@ class TrainingConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"--{name} must be a positive integer, got {value!r}")
+        grid = self.eval_batch_size * (self.channels or 3) * self.resolution**2
+        if grid > MAX_PIXELS:
+            raise ValueError(f"--eval_batch_size {self.eval_batch_size} asks for a grid of {grid * 4 / 2**30:.0f} GiB "
+                             f"at --resolution {self.resolution}; use at most "
+                             f"{MAX_PIXELS // ((self.channels or 3) * self.resolution**2)}")  # fmt: skip
         for name in ("max_train_steps", "checkpoints_total_limit"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

@@ -21,7 +21,13 @@ from ..pipelines import DDPMPipeline
 from ..pipelines.sampling import SAMPLERS, balanced_labels, sample_images, to_uint8
 from ..utils.device import cpu_has_native_bf16, describe_device
 from ..utils.images import image_grid
-from ..utils.io import atomic_save_image, atomic_write_json, is_disk_full, save_pretrained_atomically
+from ..utils.io import (
+    atomic_save_image,
+    atomic_write_json,
+    is_disk_full,
+    make_writable_folder,
+    save_pretrained_atomically,
+)
 from ..utils.lock import FolderLock
 from .checkpoints import (
     check_checkpoint_compatible,
@@ -63,6 +69,7 @@ def train(config: TrainingConfig | None = None, command: list[str] | None = None
     output_dir = Path(config.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"--output_dir {output_dir} is a file; name a folder")
+    make_writable_folder(output_dir, f"--output_dir {output_dir}")  # before accelerate and the lock touch it
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         log_with=None if config.report_to == "none" else config.report_to,

@@ -60,6 +60,22 @@ def atomic_save_image(image, path: str | os.PathLike, **save_kwargs) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def make_writable_folder(path: str | os.PathLike, label: str) -> Path:
+    """Creates the folder ``path`` (and its parents) and checks that it can be written, before any work; raises
+    ``ValueError`` naming ``label`` (the flag that chose it) and the fix."""
+    folder = Path(path).expanduser()
+    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"cannot create {label}: {blocking} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create {label}: {e.strerror or e}; choose another location") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{label} is not writable; choose another location")
+    return folder
+
+
 def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
