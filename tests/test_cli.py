@@ -353,6 +353,33 @@ def test_info_counts_parameters_without_loading_weights(capsys, model_dir, monke
     assert "card" not in info
 
 
+@pytest.mark.parametrize("change, message", [
+    ("link README.md", "README.md is a link to"),
+    ("link unet/config.json", "unet/config.json is a link to"),
+    ("component ../secret", "names a component '../secret'"),
+    ("component /etc", "names a component '/etc'"),
+])  # fmt: skip
+def test_info_reads_nothing_outside_the_folder(capsys, model_dir, tmp_path, change, message):
+    import shutil
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(model_dir, folder)
+    secret = tmp_path / "secret"
+    shutil.copytree(model_dir / "unet", secret)
+    (secret / "README.md").write_text("SECRET")
+    kind, name = change.split(" ")
+    if kind == "link":
+        (folder / name).unlink(missing_ok=True)
+        (folder / name).symlink_to(secret / Path(name).name if name != "README.md" else secret / "README.md")
+    else:
+        index = json.loads((folder / "model_index.json").read_text())
+        index[name] = ["ddpmkit", "ConvUNet2DModel"]
+        (folder / "model_index.json").write_text(json.dumps(index))
+    code, out, err = run(capsys, "info", "--model", folder)
+    assert_usage_error(code, err, message)
+    assert "SECRET" not in out + err
+
+
 def test_info_reads_training_metadata_from_the_json_not_the_card(capsys, model_dir, tmp_path):
     import shutil
 
