@@ -120,3 +120,19 @@ def test_a_conditional_card_shows_the_class_asked_for_per_guidance_scale(tmp_pat
     assert second.startswith("| DDIM, 50 steps | 3 | 1000 | 99.0% |")
     assert text.count("| DDIM, 50 steps | 1000 |") == 1  # the unguided table keeps the unguided row only
     assert "pipe(class_labels=['one'] * 16, guidance_scale=" in text and "--class all" in text
+
+
+@pytest.mark.parametrize("flags, units, bf16", [
+    ("fpu avx2 fma", "AVX2", False), ("avx2 avx512f", "AVX-512", False),
+    ("avx2 avx512f avx512_bf16", "AVX512-BF16", True),
+    ("avx512f avx512_bf16 amx_bf16 amx_tile", "AVX512-BF16/AMX", True),
+])  # fmt: skip
+def test_a_cpu_is_named_with_the_units_its_speed_depends_on(monkeypatch, flags, units, bf16):
+    import torch
+
+    from ddpmkit.utils import device
+
+    monkeypatch.setattr(device, "_cpu_info", lambda: {"model name": "Test CPU", "flags": flags})
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert device.describe_device("cpu") == f"cpu (Test CPU, {units}, 1 thread)"
+    assert device.cpu_has_native_bf16() is bf16
