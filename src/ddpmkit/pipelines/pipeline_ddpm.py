@@ -1,5 +1,6 @@
 """The inference pipeline: noise in, images out, with the UNet and the scheduler as its two components."""
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -198,6 +199,11 @@ class DDPMPipeline(DiffusionPipeline):
         if labels is not None:  # [class, null] halves of one batch when guided
             labels = torch.cat([labels, torch.full_like(labels, null)]) if guided else labels
             unet_kwargs["class_labels"] = labels.to(device)
+        step_kwargs = {"generator": generator}
+        if guided and "use_clipped_model_output" in inspect.signature(self.scheduler.step).parameters:
+            # DDIM clips its x0 estimate but by default steps with the unclipped noise; guidance pushes x0 far out of
+            # range, and the mismatch ruins the samples (3% of guided MNIST 1s were 1s, 100% with this)
+            step_kwargs["use_clipped_model_output"] = True
         # the timesteps as host ints, read back once: a device tensor per step would sync the host on every step
         for i, t in enumerate(self.progress_bar(timesteps.tolist())):
             model_input = self.scheduler.scale_model_input(image, t)
@@ -207,7 +213,7 @@ class DDPMPipeline(DiffusionPipeline):
             if guided:
                 conditional, unconditional = model_output.chunk(2)
                 model_output = unconditional + guidance_scale * (conditional - unconditional)
-            step = self.scheduler.step(model_output, t, image, generator=generator)
+            step = self.scheduler.step(model_output, t, image, **step_kwargs)
             if i in record:
                 recorded_t.append(int(t))
                 recorded_x.append(_to_unit(image))
