@@ -18,7 +18,8 @@ SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmsolver": "DPM-Solver++"}
 HYPERPARAMETERS = ("model_config", "resolution", "train_batch_size", "gradient_accumulation_steps", "learning_rate",
                    "lr_scheduler", "lr_warmup_steps", "lr_min", "adam_weight_decay", "max_grad_norm", "snr_gamma",
                    "use_ema", "ema_max_decay", "mixed_precision", "ddpm_num_steps", "prediction_type", "seed",
-                   "max_train_steps", "total_batch_size", "parameters")  # fmt: skip
+                   "max_train_steps", "total_batch_size", "parameters", "class_conditional",
+                   "condition_dropout")  # fmt: skip
 RUN_KEYS = ("command", "device", "train_seconds", "started_at_step", "max_train_steps", "total_batch_size")
 EVAL_KEYS = ("scheduler", "num_inference_steps", "num_samples", "seed", "classifier_fd", "classifier_fd_floor",
              "confidence", "confidence_floor", "class_entropy", "class_entropy_floor", "class_entropy_max",
@@ -78,6 +79,8 @@ def read_card_record(folder: str | os.PathLike) -> dict:
         }  # fmt: skip
         record["training"] = {k: v for k, v in record["training"].items() if v not in (None, {})}
         record["hyperparameters"] = {k: args[k] for k in HYPERPARAMETERS if k in args}
+        if not args.get("class_conditional"):  # the label dropout of a model without labels is noise
+            record["hyperparameters"].pop("condition_dropout", None)
         runs = args.get("previous_runs")
         if isinstance(runs, list):
             record["previous runs"] = [_run(r) for r in runs if isinstance(r, dict)]
