@@ -360,8 +360,14 @@ def guidance(s: Settings, log) -> dict:
 
     for warm in (run(1.0, 2), run(2.0, 2)):
         warm()
-    cases = {"unguided": run(1.0), "guided (scale 2)": run(2.0), "UNet at the batch": forward(batch),
-             "UNet at twice the batch": forward(2 * batch)}  # fmt: skip
+    single = forward(batch)
+
+    def two_passes():
+        single()
+        single()
+
+    cases = {"unguided": run(1.0), "guided (scale 2)": run(2.0), "UNet at the batch": single,
+             "UNet at twice the batch": forward(2 * batch), "UNet twice at the batch": two_passes}  # fmt: skip
     times = interleaved(cases, s.repeats, warmup=0)
     scale = NOMINAL_STEPS["DDIM-50"] / timed * 100 / batch
     per100 = {name: median(ts) * scale for name, ts in times.items()}
@@ -370,6 +376,7 @@ def guidance(s: Settings, log) -> dict:
         "spread": {name: spread(ts) for name, ts in times.items()},
         "ratio_guided_over_unguided": per100["guided (scale 2)"] / per100["unguided"],
         "ratio_unet_double_over_single": per100["UNet at twice the batch"] / per100["UNet at the batch"],
+        "ratio_unet_two_passes_over_single": per100["UNet twice at the batch"] / per100["UNet at the batch"],
     }  # fmt: skip
     log(f"guidance DDIM-50 s/100 img: unguided {per100['unguided']:.2f} guided {per100['guided (scale 2)']:.2f} "
         f"ratio {row['ratio_guided_over_unguided']:.3f} "
