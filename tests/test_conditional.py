@@ -40,12 +40,19 @@ def test_guidance_is_one_batched_call_per_step_mixing_class_and_null(conditional
     guided = conditional(generator=torch.manual_seed(0), class_labels=2, guidance_scale=3.0, **run).images
     assert calls == [6] * 4  # one forward of [class, null] halves per step, not two
     calls.clear()
-    plain = conditional(generator=torch.manual_seed(0), class_labels="sneaker", **run).images
+    plain = conditional(generator=torch.manual_seed(0), class_labels="sneaker", guidance_scale=1.0, **run).images
     assert calls == [3] * 4
+    calls.clear()
+    default = conditional(generator=torch.manual_seed(0), class_labels=2, **run).images
+    assert calls == [6] * 4  # guided at DEFAULT_GUIDANCE unless told otherwise
+    assert torch.equal(default, conditional(generator=torch.manual_seed(0), class_labels=2, guidance_scale=1.5,
+                                            **run).images)  # fmt: skip
+    calls.clear()
     null = conditional(generator=torch.manual_seed(0), class_labels=3 * [0], guidance_scale=0.0, **run).images
-    free = conditional(generator=torch.manual_seed(0), **run).images  # no labels: the null class
-    assert torch.allclose(null, free, atol=1e-6)  # scale 0 is the unconditional prediction
-    assert not torch.allclose(guided, plain)
+    assert calls == [3] * 4  # scale 0 is the unconditional prediction alone: the null half only
+    other = conditional(generator=torch.manual_seed(0), class_labels=[1, 2, 0], guidance_scale=0.0, **run).images
+    assert torch.equal(null, other)  # whatever the labels
+    assert not torch.allclose(guided, plain) and not torch.allclose(null, plain)
 
     # the guided prediction is eps_null + s * (eps_class - eps_null), by hand at the first step
     class Stop(Exception):
@@ -67,6 +74,23 @@ def test_guidance_is_one_batched_call_per_step_mixing_class_and_null(conditional
     assert torch.allclose(captured["out"], eps[2:] + 3.0 * (eps[:2] - eps[2:]), atol=1e-5)
 
 
+def test_without_labels_each_image_draws_its_class_from_its_own_generator(conditional):
+    seen = []
+    conditional.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["class_labels"].tolist()), with_kwargs=True
+    )
+    run = dict(num_inference_steps=2, output_type="pt", guidance_scale=1.0)
+    whole = conditional(batch_size=12, generator=[torch.Generator().manual_seed(i) for i in range(12)], **run).images
+    labels = seen[0]
+    assert all(0 <= c < 3 for c in labels) and len(set(labels)) == 3  # the classes, never the null class (3)
+    seen.clear()
+    tail = conditional(batch_size=4, generator=[torch.Generator().manual_seed(i) for i in range(8, 12)], **run).images
+    assert seen[0] == labels[8:] and torch.allclose(tail, whole[8:], atol=1e-6)  # not on the batch
+    seen.clear()
+    conditional(batch_size=3, generator=torch.manual_seed(0), **{**run, "guidance_scale": 2.0})
+    assert seen[0][3:] == [3, 3, 3] and all(c < 3 for c in seen[0][:3])  # guided: random classes, then the null
+
+
 def test_bad_labels_and_scales_are_one_clear_error(conditional):
     with pytest.raises(ValueError, match=r"class 'Boot' is not one this model draws.*2 'Sneaker'"):
         conditional(batch_size=1, num_inference_steps=2, class_labels="Boot")
@@ -77,7 +101,7 @@ def test_bad_labels_and_scales_are_one_clear_error(conditional):
     plain = tiny_pipeline()
     with pytest.raises(ValueError, match="unconditional, so it takes no class_labels"):
         plain(batch_size=1, num_inference_steps=2, class_labels=1)
-    with pytest.raises(ValueError, match="guidance_scale 2.0 needs class_labels"):
+    with pytest.raises(ValueError, match="guidance_scale 2.0 needs a UNet trained with a null class"):
         plain(batch_size=1, num_inference_steps=2, guidance_scale=2.0)
     with pytest.raises(ValueError, match="num_class_embeds must be 4 for 3 classes"):
         ConvUNet2DModel(sample_size=8, block_out_channels=(8,), norm_num_groups=4, time_embedding_dim=8,
@@ -141,7 +165,7 @@ def test_unconditional_sample_refuses_class(tmp_path, capsys):
     assert "is not class-conditional" in capsys.readouterr().err
     assert main(["sample", "--model", str(tmp_path / "plain"), "--guidance_scale", "2",
                  "--out", str(tmp_path / "x.png")]) == 2  # fmt: skip
-    assert "--guidance_scale needs --class" in capsys.readouterr().err
+    assert "--guidance_scale: " in (err := capsys.readouterr().err) and "is not class-conditional" in err
 
 
 def test_asked_for_class_accuracy(tmp_path):
@@ -184,5 +208,5 @@ def test_guided_ddim_steps_with_the_noise_of_its_clipped_estimate(conditional):
     conditional(batch_size=2, num_inference_steps=2, class_labels=1, guidance_scale=2.0)
     assert seen == [True, True]
     seen.clear()
-    conditional(batch_size=2, num_inference_steps=2, class_labels=1)  # unguided: DDIM as diffusers runs it
+    conditional(batch_size=2, num_inference_steps=2, class_labels=1, guidance_scale=1.0)  # unguided: as diffusers
     assert seen == [None, None]

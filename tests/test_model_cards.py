@@ -9,6 +9,7 @@ from huggingface_hub import ModelCard
 
 from ddpmkit.commands import main
 from ddpmkit.hub import read_card_record, render_model_card, write_model_card
+from ddpmkit.pipelines import DEFAULT_GUIDANCE
 
 ROOT = Path(__file__).resolve().parent.parent
 PRETRAINED = sorted(p for p in (ROOT / "pretrained").iterdir() if (p / "model_index.json").is_file())
@@ -120,6 +121,16 @@ def test_a_conditional_card_shows_the_class_asked_for_per_guidance_scale(tmp_pat
     assert second.startswith("| DDIM, 50 steps | 3 | 1000 | 99.0% |")
     assert text.count("| DDIM, 50 steps | 1000 |") == 1  # the unguided table keeps the unguided row only
     assert "pipe(class_labels=['one'] * 16, guidance_scale=" in text and "--class all" in text
+
+    # once the default guidance is measured, the main table shows the default use: every class at that scale
+    rows["ddim-default"] = {**rows["ddim-g1.0"], "guidance_scale": DEFAULT_GUIDANCE, "classifier_fd": 24.0}
+    (folder / "eval_results.json").write_text(json.dumps(rows))
+    text = str(render_model_card(folder, "me/digits"))
+    main_table = text[: text.index("### Drawing the class asked for")]
+    assert f"at the default guidance scale {DEFAULT_GUIDANCE:g}" in main_table
+    assert [line for line in main_table.splitlines() if line.startswith("| DDIM")] == [
+        "| DDIM, 50 steps | 1000 | 24.0 | 8.00 | 3.0 | 0.900 | 2.250 | 5.0% | 12.5 s |"
+    ]
 
 
 @pytest.mark.parametrize("flags, units, bf16", [

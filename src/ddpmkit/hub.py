@@ -167,7 +167,7 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, lic
               ]  # fmt: skip
     names = _class_names(folder)
     if names:
-        from .pipelines.sampling import DEFAULT_GUIDANCE
+        from .pipelines import DEFAULT_GUIDANCE
 
         lines += [f"# the class asked for, by name or id: {', '.join(repr(n) for n in names[:10])}"
                   + (", ..." if len(names) > 10 else ""),
@@ -219,10 +219,17 @@ def _evaluation_section(record: dict, notes, files: str) -> list[str]:
         return []
     lines = ["## Evaluation", ""]
     if evaluation:
+        from .pipelines import DEFAULT_GUIDANCE
+
         first = next(iter(evaluation.values()))
-        unguided = [r for r in evaluation.values() if "guidance_scale" not in r]
-        lines += [] if not unguided else [
-            f"`ddpmkit evaluate` on {first.get('device', 'the device named below')}: N samples (seeds from 0) against "
+        # the default use: unguided, or for a class-conditional model every class at the default guidance
+        rows = list(evaluation.values())
+        at_default = [r for r in rows if r.get("guidance_scale") == DEFAULT_GUIDANCE]
+        default, guided = (at_default, True) if at_default else ([r for r in rows if "guidance_scale" not in r], False)
+        lines += [] if not default else [
+            f"`ddpmkit evaluate` on {first.get('device', 'the device named below')}: N samples (seeds from 0"
+            + (f"; every class asked for equally often, at the default guidance scale {DEFAULT_GUIDANCE:g}"
+               if guided else "") + ") against "
             f"the statistics of the training images of {first.get('dataset', 'the dataset')}, in the feature space "
             "of the dataset's classifier that ships with ddpmkit. The floor is N held-out test images drawn at random "
             "(seed 0), measured the same way; lower is better.",
@@ -231,7 +238,7 @@ def _evaluation_section(record: dict, notes, files: str) -> list[str]:
             "| sampling time |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]  # fmt: skip
-        for row in (r for r in evaluation.values() if "guidance_scale" not in r):
+        for row in default:
             fd, floor = row.get("classifier_fd"), row.get("classifier_fd_floor")
             histogram = row.get("class_histogram")
             cells = [
@@ -272,7 +279,8 @@ def _guided_table(rows: list[dict]) -> list[str]:
     lines = [
         "", "### Drawing the class asked for", "",
         "`ddpmkit evaluate --guidance_scale S`: the N samples ask for every class equally often, with classifier-free "
-        "guidance at scale S (1: the conditional model alone). The asked-for-class accuracy is how often the "
+        "guidance at scale S (1: the conditional model alone; 0: the unconditional model, its null class). The "
+        "asked-for-class accuracy is how often the "
         "classifier names the class that was asked for"
         + (f" (on the real test images it names their true class {floor:.1%} of the time)" if floor else "")
         + "; the worst class is the class with the lowest accuracy.", "",

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ..evaluation.evaluate import SCHEDULERS
+from ..pipelines import DEFAULT_GUIDANCE
 from ..pipelines.sampling import SAMPLERS
 from ..utils.device import describe_device
 from .common import (
@@ -43,9 +44,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.set_defaults(seed=0)
     parser.add_argument("--batch_size", type=positive_int, default=100, help="images per pipeline call")
     parser.add_argument("--guidance_scale", type=float, default=None, metavar="S",
-                        help="for a class-conditional model: ask for every class equally often with this "
-                        "classifier-free guidance and add the asked-for-class accuracy (default: sample it "
-                        "unconditionally, through its null class)")  # fmt: skip
+                        help="the classifier-free guidance of a class-conditional model, whose samples ask for "
+                        "every class equally often and are scored with the asked-for-class accuracy (default: "
+                        f"{DEFAULT_GUIDANCE}; 1: none; 0: the unconditional model, its null class)")  # fmt: skip
     parser.add_argument("--classifier", default="auto",
                         help="classifier folder; 'auto' uses the one ddpmkit ships for the dataset, 'none' skips")
     parser.add_argument("--fid", choices=("auto", "yes", "no"), default="auto",
@@ -115,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, RecursionError):
             record = {}
     key = f"{args.scheduler}-{steps}steps-n{args.num_samples}-seed{args.seed}"
-    if args.guidance_scale is not None:
-        key += f"-guidance{args.guidance_scale:g}"
+    if "guidance_scale" in results:
+        key += f"-guidance{results['guidance_scale']:g}"
     record[key] = results
     from ..utils.io import atomic_write_json
 

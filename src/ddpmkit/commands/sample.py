@@ -4,7 +4,8 @@ import argparse
 import secrets
 import time
 
-from ..pipelines.sampling import DEFAULT_GUIDANCE, SAMPLERS
+from ..pipelines import DEFAULT_GUIDANCE
+from ..pipelines.sampling import SAMPLERS
 from .common import (
     UsageError,
     add_model,
@@ -37,12 +38,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--class", dest="class_label", default=None, metavar="C",
         help="for a class-conditional model: the class to draw, by id or name (7, Sneaker), or 'all' for a grid "
-        "with one labelled row per class (--num_images per class then)",
+        "with one labelled row per class (--num_images per class then); left out, a class per image at random",
     )  # fmt: skip
     parser.add_argument(
         "--guidance_scale", type=float, default=None, metavar="S",
-        help=f"classifier-free guidance of a class-conditional model (default: {DEFAULT_GUIDANCE} with --class, "
-        "1 without); larger draws images more typical of their class, less varied",
+        help=f"classifier-free guidance of a class-conditional model (default: {DEFAULT_GUIDANCE}; 1: none; 0: the "
+        "unconditional model); larger draws images more typical of their class, less varied",
     )  # fmt: skip
     parser.add_argument("--scale", type=positive_int, default=1, help="enlarge every image N times in the grid")
     parser.add_argument("--out", default="samples.png", help="the grid picture (default: %(default)s)")
@@ -106,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         grid = image_grid(images, scale=args.scale)
     save_image(grid, out)
     where = f" and {total} files in {out_dir}" if out_dir is not None else ""
-    what = "" if args.class_label is None else f", class {args.class_label}, guidance {guidance:g}"
+    what = f", class {args.class_label}" if args.class_label is not None else ""
+    what += f", guidance {guidance:g}" if pipe.id2label is not None else ""
     print(
         f"wrote {out}{where}: {total} images, {args.scheduler} {steps} steps, seed {seed}{what}, "
         f"{seconds:.1f} s on {pipe.device}"
@@ -117,9 +119,14 @@ def run(args: argparse.Namespace) -> int:
 def _classes(pipe, args) -> tuple:
     """``(class_labels, guidance_scale, classes of the rows or None)`` for ``--class`` and ``--guidance_scale``."""
     if args.class_label is None:
-        if args.guidance_scale not in (None, 1):
-            raise UsageError("--guidance_scale needs --class (the class to guide towards); pass --class C or all")
-        return None, 1.0, None
+        if pipe.id2label is None and args.guidance_scale not in (None, 1):
+            raise UsageError(f"--guidance_scale: {args.model} is not class-conditional (its UNet has no id2label)")
+        if pipe.id2label is None:
+            return None, 1.0, None
+        guidance = DEFAULT_GUIDANCE if args.guidance_scale is None else args.guidance_scale
+        if not 0 <= guidance <= 100:
+            raise UsageError(f"--guidance_scale must be between 0 and 100 (1: no guidance), got {guidance}")
+        return None, guidance, None  # a class per image at random
     if pipe.id2label is None:
         raise UsageError(
             f"--class {args.class_label}: {args.model} is not class-conditional (its UNet has no id2label); train "

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..pipelines import DEFAULT_GUIDANCE
 from ..pipelines.sampling import SAMPLERS, balanced_labels, sample_images, to_uint8, with_sampler
 from .classifier import ImageClassifier, bundled_classifier_path, prediction_summary
 from .dataset import load_labelled_images, random_subset, split_file
@@ -187,9 +188,9 @@ def evaluate_pipeline(
         batch_size: images per pipeline call.
         return_images: also return the scored uint8 ``(N, C, H, W)`` images, as ``(results, images)``.
         progress: a progress bar over the images.
-        guidance_scale: for a class-conditional pipeline (one with ``id2label``): the images ask for every class
-            equally often (image ``i`` class ``i % K``) with this classifier-free guidance, and the results add
-            the asked-for-class accuracy. ``None`` samples it unconditionally (the null class).
+        guidance_scale: for a class-conditional pipeline (one with ``id2label``), whose images ask for every class
+            equally often (image ``i`` class ``i % K``) and whose results add the asked-for-class accuracy: the
+            classifier-free guidance (default ``DEFAULT_GUIDANCE``; 0: the unconditional model, its null class).
         kwargs: passed to :func:`evaluate_images` (``classifier``, ``fid``, ``inception_weights``, ...).
 
     Example:
@@ -201,11 +202,12 @@ def evaluate_pipeline(
         raise ValueError(f"scheduler {scheduler!r} must be one of {SCHEDULERS}")
     sampler = with_sampler(pipe, scheduler)
     conditional = {}
-    if guidance_scale is not None:
-        names = getattr(pipe, "id2label", None)
-        if not names:
-            raise ValueError("guidance_scale needs a class-conditional pipeline (a UNet with id2label)")
-        conditional = {"class_labels": balanced_labels(len(names), num_samples), "guidance_scale": guidance_scale}
+    names = getattr(pipe, "id2label", None)
+    if guidance_scale is not None and not names:
+        raise ValueError("guidance_scale needs a class-conditional pipeline (a UNet with id2label)")
+    if names:
+        scale = DEFAULT_GUIDANCE if guidance_scale is None else guidance_scale
+        conditional = {"class_labels": balanced_labels(len(names), num_samples), "guidance_scale": scale}
     start = time.time()
     images = generate_images(sampler, num_samples, num_inference_steps, seed, batch_size, progress, **conditional)
     sampling_seconds = time.time() - start
@@ -216,7 +218,7 @@ def evaluate_pipeline(
         "sampling_seconds": round(sampling_seconds, 2),
     }
     if conditional:
-        results["guidance_scale"] = guidance_scale
+        results["guidance_scale"] = conditional["guidance_scale"]
     results.update(evaluate_images(images, dataset, class_labels=conditional.get("class_labels"), **kwargs))
     return (results, images) if return_images else results
 

@@ -1,3 +1,3 @@
-from .pipeline_ddpm import DDPMPipeline, DDPMPipelineOutput, DenoisingTrajectory
+from .pipeline_ddpm import DEFAULT_GUIDANCE, DDPMPipeline, DDPMPipelineOutput, DenoisingTrajectory
 
-__all__ = ["DDPMPipeline", "DDPMPipelineOutput", "DenoisingTrajectory"]
+__all__ = ["DEFAULT_GUIDANCE", "DDPMPipeline", "DDPMPipelineOutput", "DenoisingTrajectory"]

@@ -14,7 +14,6 @@ import torch
 SAMPLERS = {"ddpm": 1000, "ddim": 50, "dpmsolver": 20}
 DEFAULT_SAMPLER = "ddim"
 MAX_PIXELS = 2**31  # images x channels x height x width that one sampling run may allocate (8 GiB of float32)
-DEFAULT_GUIDANCE = 1.5  # of ddpmkit sample --class, measured on pretrained/mnist_conditional (its card)
 MAX_SEED = 2**63 - 2**32  # seed + image index must stay a valid torch seed
 
 

@@ -368,8 +368,9 @@ class _Run:
             pipeline.set_progress_bar_config(disable=True)
             pipeline = with_sampler(pipeline, config.eval_sampler)
             start = time.perf_counter()
+            labels = balanced_labels(len(self.class_names), config.eval_samples) if self.class_names else None
             images = to_uint8(sample_images(pipeline, config.eval_samples, SAMPLERS[config.eval_sampler],
-                                            seed=config.seed, batch_size=100))  # fmt: skip
+                                            seed=config.seed, batch_size=100, class_labels=labels))  # fmt: skip
             cache_dir = Path(config.cache_dir) / "stats" if config.cache_dir else None
             results = evaluate_images(images, config.eval_data, classifier=config.eval_classifier, fid=False,
                                       floor_split=None, cache_dir=cache_dir)  # fmt: skip
