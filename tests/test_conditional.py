@@ -74,6 +74,18 @@ def test_guidance_is_one_batched_call_per_step_mixing_class_and_null(conditional
     assert torch.allclose(captured["out"], eps[2:] + 3.0 * (eps[:2] - eps[2:]), atol=1e-5)
 
 
+def test_on_a_cpu_large_unet_calls_run_in_pieces_with_the_same_result(conditional, monkeypatch):
+    import ddpmkit.pipelines.pipeline_ddpm as module
+
+    run = dict(batch_size=5, num_inference_steps=2, output_type="pt", class_labels=[0, 1, 2, 0, 1])
+    whole = conditional(generator=torch.manual_seed(0), **run).images
+    monkeypatch.setattr(module, "CPU_UNET_PIECE", 4)
+    calls = _calls(conditional)
+    pieces = conditional(generator=torch.manual_seed(0), **run).images
+    assert calls == [4, 4, 2] * 2  # the 10 images of the [class, null] halves, 4 at a time, at each step
+    assert torch.allclose(pieces, whole, atol=1e-5)
+
+
 def test_without_labels_each_image_draws_its_class_from_its_own_generator(conditional):
     seen = []
     conditional.unet.register_forward_pre_hook(
