@@ -77,14 +77,16 @@ def flops_per_image(model_factory: Callable[[str], torch.nn.Module]) -> dict[str
 
 
 def interleaved(cases: dict[str, Callable[[], None]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Times each case ``repeats`` times in turn (A B C A B C ...), after ``warmup`` untimed rounds, so that load
-    from other processes hits every case alike. Returns the seconds of each run."""
+    """Times each case ``repeats`` times in turn, after ``warmup`` untimed rounds, so that load from other processes
+    hits every case alike. The order turns around every round (A B C, C B A, A B C, ...) so that no case always runs
+    right after the same other one. Returns the seconds of each run."""
     for _ in range(warmup):
         for fn in cases.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, fn in cases.items():
+    order = list(cases.items())
+    for round_ in range(repeats):
+        for name, fn in order if round_ % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)

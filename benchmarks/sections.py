@@ -1,6 +1,6 @@
 """The benchmark sections. Each returns a JSON-able dict of rows; run.py prints and saves them.
 
-Every comparison runs its cases interleaved (A B C A B C ...) in one process and reports medians, so the
+Every comparison runs its cases interleaved (A B C C B A ...) in one process and reports medians, so the
 ratios hold even when other processes load the machine; absolute numbers do not.
 """
 

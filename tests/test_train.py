@@ -184,6 +184,26 @@ def test_train_saves_a_loadable_pipeline_with_ema_weights_card_samples_and_tenso
     assert not (out / ".ddpmkit.lock").exists()
 
 
+def test_compile_trains_the_same_model_with_the_same_checkpoint_keys(tmp_path, data_file, model_config):
+    from safetensors.torch import load_file
+
+    flags = dict(max_train_steps=3, checkpointing_steps=1, mixed_precision="no", lr_warmup_steps=0, seed=1)
+    plain, compiled = tmp_path / "plain", tmp_path / "compiled"
+    run_train(train_argv(data_file, plain, model_config, **flags))
+    run_train(train_argv(data_file, compiled, model_config, "--compile", **flags))
+    # state_dict keys without torch.compile's _orig_mod prefix: checkpoints and pipelines are interchangeable
+    a, b = (load_file(str(out / "checkpoint-3" / "model.safetensors")) for out in (plain, compiled))
+    assert a.keys() == b.keys() and unet_weights(plain).keys() == unet_weights(compiled).keys()
+    # the same steps: the compiled kernels round differently, far less than two steps move the weights
+    earlier = load_file(str(plain / "checkpoint-1" / "model.safetensors"))
+    moved = max((a[k] - earlier[k]).abs().max().item() for k in a)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < moved / 10
+    # a compiled run's checkpoint continues without --compile
+    run_train(train_argv(data_file, compiled, model_config, "--resume_from_checkpoint", "latest",
+                         **{**flags, "max_train_steps": 4}))  # fmt: skip
+    assert json.loads((compiled / "training_args.json").read_text())["max_train_steps"] == 4
+
+
 def test_num_epochs_bf16_and_checkpoint_limit(tmp_path, data_file, model_config):
     out = tmp_path / "out"
     # 32 images, batch 4: 8 steps per epoch; 2 epochs = 16 steps

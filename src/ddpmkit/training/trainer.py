@@ -206,10 +206,14 @@ class _Run:
         model = ConvUNet2DModel(**{k: v for k, v in self.unet_config.items() if not k.startswith("_")})
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        # one fused kernel on a GPU; on a CPU fused AdamW measured 0.86x the default foreach one (benchmarks/README.md)
+        fused = {"fused": True} if accelerator.device.type == "cuda" else {}
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-            weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
+            weight_decay=config.adam_weight_decay, eps=config.adam_epsilon, **fused,
         )  # fmt: skip
+        if config.compile:  # in place: the module, its state_dict keys and so its checkpoints stay as they are
+            model.compile(mode=config.compile_mode)
         self.lr_scheduler = build_lr_scheduler(optimizer, config.lr_scheduler, config.lr_warmup_steps,
                                                self.max_train_steps, config.lr_min)  # fmt: skip
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
