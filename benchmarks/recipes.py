@@ -29,7 +29,7 @@ MODELS = {
     "base": {"block_out_channels": [64, 128, 256], "time_embedding_dim": 256, "norm_num_groups": 8},
 }
 
-# name -> (model, batch, learning rate, Min-SNR gamma or None)
+# name -> (model, batch, learning rate, Min-SNR gamma or None[, more train.py flags])
 RECIPES = {
     "small-b64-lr1e-3": ("small", 64, 1e-3, None),
     "small-b64-lr2e-3": ("small", 64, 2e-3, None),
@@ -39,6 +39,10 @@ RECIPES = {
     "small-b128-lr2e-3-snr5": ("small", 128, 2e-3, 5.0),
     "wide-b64-lr2e-3-snr5": ("wide", 64, 2e-3, 5.0),
     "base-b64-lr1e-3-snr5": ("base", 64, 1e-3, 5.0),
+    # class labels (scored guided at DEFAULT_GUIDANCE, every class asked for equally often), and v-prediction
+    "small-b32-lr1e-3-snr5-labels": ("small", 32, 1e-3, 5.0, ("--class_conditional",)),
+    "small-b32-lr1e-3-snr5-labels-v": ("small", 32, 1e-3, 5.0, ("--class_conditional", "--prediction_type",
+                                                                "v_prediction")),
 }
 EVAL_IMAGES = 32_000  # training images between two scores
 MAX_IMAGES = 384_000  # about an hour of the small model on a 2-core CPU
@@ -53,7 +57,7 @@ def measure_cpu_rates(path: Path) -> dict:
     from ddpmkit.training import diffusion_loss
 
     scheduler, rates = LinearDDPMScheduler(), {}
-    for model, batch in sorted({(m, b) for m, b, _, _ in RECIPES.values()}):
+    for model, batch in sorted({recipe[:2] for recipe in RECIPES.values()}):
         config = model_preset(MODELS[model]) if isinstance(MODELS[model], str) else MODELS[model]
         torch.manual_seed(0)
         unet = ConvUNet2DModel(sample_size=32, in_channels=1, **config)
@@ -85,6 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, default=None, help="Stop every run after this long; keep scores.")
     parser.add_argument("--max_images", type=int, default=MAX_IMAGES, help="Training images per recipe.")
     parser.add_argument("--eval_samples", type=int, default=1000, help="Images scored at each evaluation.")
+    parser.add_argument("--eval_images", type=int, default=EVAL_IMAGES, help="Training images between two scores.")
+    parser.add_argument("--output", type=str, default=str(OUT / "results"),
+                        help="Where the table goes, without suffix (.json and .md).")  # fmt: skip
     parser.add_argument("--work_dir", type=str, default=str(ROOT / "runs" / "recipes"))
     parser.add_argument("--cpu_rates", type=str, default=None,
                         help="JSON of 'model-bBATCH' -> CPU training images/s, to express costs in CPU-minutes.")
@@ -102,7 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def command(args, name: str, work: Path) -> list[str]:
-    model, batch, lr, gamma = RECIPES[name]
+    model, batch, lr, gamma, *more = RECIPES[name]
     config = MODELS[model]
     if isinstance(config, dict):
         path = work / f"{model}.json"
@@ -113,21 +120,21 @@ def command(args, name: str, work: Path) -> list[str]:
         "--train_data_files", str(Path(args.data) / "train.parquet"), "--output_dir", str(work / name),
         "--model_config", config, "--train_batch_size", str(batch), "--learning_rate", str(lr),
         "--lr_scheduler", "constant", "--lr_warmup_steps", str(max(1, 12_800 // batch)),
-        "--max_train_steps", str(args.max_images // batch), "--eval_steps", str(EVAL_IMAGES // batch),
+        "--max_train_steps", str(args.max_images // batch), "--eval_steps", str(args.eval_images // batch),
         "--eval_samples", str(args.eval_samples), "--eval_data", args.data, "--checkpointing_steps", "1000000",
         "--save_images_steps", "1000000", "--report_to", "none", "--logging_steps", "50",
         "--ddpm_num_inference_steps", "100",
     ]  # fmt: skip
     if gamma is not None:
         cmd += ["--snr_gamma", str(gamma)]
-    return cmd + list(args.extra)
+    return cmd + [flag for flags in more for flag in flags] + list(args.extra)
 
 
 def collect(args, work: Path, seconds: dict) -> dict:
     rates = json.loads(Path(args.cpu_rates).read_text()) if args.cpu_rates else {}
     results = {}
     for name in args.names:
-        model, batch, lr, gamma = RECIPES[name]
+        model, batch, lr, gamma, *more = RECIPES[name]
         path = work / name / "eval_history.json"
         history = json.loads(path.read_text()) if path.exists() else []
         rate = rates.get(f"{model}-b{batch}")
@@ -135,7 +142,8 @@ def collect(args, work: Path, seconds: dict) -> dict:
             row["images"] = row["step"] * batch
             row["cpu_minutes"] = None if rate is None else row["images"] / rate / 60
         results[name] = {"model": model, "batch": batch, "learning_rate": lr, "snr_gamma": gamma,
-                         "cpu_images_per_s": rate, "wall_seconds": seconds.get(name), "history": history}  # fmt: skip
+                         "flags": [flag for flags in more for flag in flags], "cpu_images_per_s": rate,
+                         "wall_seconds": seconds.get(name), "history": history}  # fmt: skip
     return results
 
 
@@ -188,9 +196,11 @@ def main(argv=None) -> dict:
             pending.clear()
         time.sleep(2)
     results = collect(args, work, seconds)
-    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
-    (OUT / "results.md").write_text(table)
+    output.with_suffix(".md").write_text(table)
     print(table)
     return results
 
