@@ -91,6 +91,7 @@ def main(argv=None) -> int:
     tree = work / f"main-{commit}"
     subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT, check=True,
                    capture_output=True)  # fmt: skip
+    done = False
     try:
         runs = {
             f"main {commit}": ([sys.executable, str(tree / "examples" / "train.py")], tree / "src"),
@@ -111,13 +112,19 @@ def main(argv=None) -> int:
             os.sched_setaffinity(proc.pid, pin)  # before torch starts its threads, which inherit it
             procs[name] = (proc, out, start, log, pin)
             print(f"{name}: training on cores {pin}, log {log.name}", flush=True)
+        ended = {}
+        while len(ended) < len(procs):  # each run's own wall time, whichever ends first
+            for name, (proc, *_rest) in procs.items():
+                if name not in ended and proc.poll() is not None:
+                    ended[name] = time.perf_counter()
+            time.sleep(0.5)
         for name, (proc, out, start, log, pin) in procs.items():
-            if proc.wait() != 0:
+            if proc.returncode != 0:
                 raise RuntimeError(f"{name} failed ({proc.returncode}); see {log.name}")
             log.close()
             speeds = logged_speeds(out)
             results[name] = {"images_per_s": statistics.median(speeds), "intervals": speeds, "cores": pin,
-                             "wall_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+                             "wall_seconds": round(ended[name] - start, 1)}  # fmt: skip
             print(f"{name}: {results[name]['images_per_s']:.1f} img/s (median of {len(speeds)} intervals)")
         if args.eval_samples:
             import torch
@@ -128,14 +135,18 @@ def main(argv=None) -> int:
             torch.set_num_threads(len(cores))
             for name, (_, out, *_rest) in procs.items():
                 scores = evaluate_pipeline(DDPMPipeline.from_pretrained(out), args.data, args.eval_samples,
-                                           scheduler="ddim", seed=0, fid="no")  # fmt: skip
+                                           scheduler="ddim", seed=0, fid=False)  # fmt: skip
                 results[name].update({k: scores[k] for k in ("classifier_fd", "classifier_fd_floor", "confidence",
                                                              "class_entropy")})  # fmt: skip
                 fd, floor = scores["classifier_fd"], scores["classifier_fd_floor"]
                 print(f"{name}: classifier FD {fd:.1f} (floor {floor:.1f})")
+        done = True
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
-        shutil.rmtree(work, ignore_errors=True)
+        if done:
+            shutil.rmtree(work, ignore_errors=True)
+        else:  # the trained pipelines and logs stay for a look (or a rerun of the evaluation)
+            print(f"kept {work}", file=sys.stderr)
     old, new = results[f"main {commit}"], results[f"today {today}"]
     record = {
         "cpu": cpu_name(args.threads), "threads_per_run": args.threads, "steps": args.steps, "batch": 32,

@@ -35,7 +35,7 @@ def _folder(tmp_path: Path) -> Path:
         {"step": 30, "classifier_fd": 90.25},
     ]))  # fmt: skip
     (folder / "eval_results.json").write_text(json.dumps({"ddim-50steps-n1000-seed0": {
-        "scheduler": "ddim", "num_inference_steps": 50, "num_samples": 1000, "classifier_fd": 40.0,
+        "scheduler": "ddim", "num_inference_steps": 50, "num_samples": 1000, "seed": 7, "classifier_fd": 40.0,
         "classifier_fd_floor": 8.0, "confidence": 0.9, "class_entropy": 2.25, "class_entropy_max": 2.302585,
         "class_histogram": [0.05] + [0.95 / 9] * 9, "sampling_seconds": 12.5, "device": "cpu (Test CPU, 1 threads)",
         "dataset": "data/mnist",
@@ -49,7 +49,7 @@ def test_the_card_shows_the_evaluation_against_its_floor_the_compute_of_every_ru
     card = ModelCard(text)
     assert card.data.library_name == "ddpmkit" and card.data.datasets == ["ylecun/mnist"]
     assert "# Digits | test" in text
-    assert "| DDIM, 50 steps | 1000 | 40.0 | 8.00 | 5.0 | 0.900 | 2.250 | 5.0% | 12.5 s |" in text
+    assert "| DDIM, 50 steps | 1000 | 7 | 40.0 | 8.00 | 5.0 | 0.900 | 2.250 | 5.0% | 12.5 s |" in text
     assert "20 DDIM-50 samples: step 10: 150.0; 50 DDIM-50 samples: step 30: 90.2" in text
     assert "- steps 0 to 10 (80 images): 1 min 1 s on cpu (Test CPU, 1 threads)" in text
     assert "- steps 10 to 30 (160 images): 1 h 2 min 5 s on cpu (Test CPU, 1 threads)" in text
@@ -112,13 +112,15 @@ def test_a_conditional_card_shows_the_class_asked_for_per_guidance_scale(tmp_pat
         rows[f"ddim-g{scale}"] = {**rows["ddim-50steps-n1000-seed0"], "guidance_scale": scale,
                                   "class_accuracy": accuracy, "class_accuracy_per_class": [accuracy, 0.8],
                                   "class_accuracy_floor": 0.99}  # fmt: skip
+    rows["ddim-g1.0-seed2"] = {**rows["ddim-g1.0"], "seed": 2, "class_accuracy": 0.5}
     (folder / "eval_results.json").write_text(json.dumps(rows))
     text = str(render_model_card(folder, "me/digits"))
     table = text[text.index("### Drawing the class asked for") :]
     assert "names their true class 99.0% of the time" in table
-    first, second = (line for line in table.splitlines() if line.startswith("| DDIM, 50 steps"))
-    assert first == "| DDIM, 50 steps | 1 | 1000 | 90.0% | 80.0% (1) | 40.0 | 5.0 | 2.250 | 12.5 s |"
-    assert second.startswith("| DDIM, 50 steps | 3 | 1000 | 99.0% |")
+    first, second, third = (line for line in table.splitlines() if line.startswith("| DDIM, 50 steps"))
+    assert first.startswith("| DDIM, 50 steps | 1 | 1000 | 2 | 50.0% |")  # same scale: by first seed
+    assert second == "| DDIM, 50 steps | 1 | 1000 | 7 | 90.0% | 80.0% (1) | 40.0 | 5.0 | 2.250 | 12.5 s |"
+    assert third.startswith("| DDIM, 50 steps | 3 | 1000 | 7 | 99.0% |")
     assert text.count("| DDIM, 50 steps | 1000 |") == 1  # the unguided table keeps the unguided row only
     assert "pipe(class_labels=['one'] * 16, guidance_scale=" in text and "--class all" in text
 
@@ -129,7 +131,7 @@ def test_a_conditional_card_shows_the_class_asked_for_per_guidance_scale(tmp_pat
     main_table = text[: text.index("### Drawing the class asked for")]
     assert f"at the default guidance scale {DEFAULT_GUIDANCE:g}" in main_table
     assert [line for line in main_table.splitlines() if line.startswith("| DDIM")] == [
-        "| DDIM, 50 steps | 1000 | 24.0 | 8.00 | 3.0 | 0.900 | 2.250 | 5.0% | 12.5 s |"
+        "| DDIM, 50 steps | 1000 | 7 | 24.0 | 8.00 | 3.0 | 0.900 | 2.250 | 5.0% | 12.5 s |"
     ]
 
 

@@ -4,6 +4,7 @@ import errno
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from helpers_train import (
 )
 
 from ddpmkit import DDPMPipeline
+from ddpmkit.hub import render_model_card
 from ddpmkit.training import (
     LossMonitor,
     NonFiniteLossError,
@@ -524,3 +526,23 @@ def test_latest_skips_a_damaged_checkpoint_and_an_explicit_one_is_one_line(
     assert f"Skipping checkpoint-4: {latest / target}" in capsys.readouterr().err
     assert (out / "model_index.json").is_file()  # trained steps 3-4 again from checkpoint-2 and saved
     assert (out / "checkpoint-4.damaged" / target).is_file() and (out / "checkpoint-4" / target).is_file()
+
+
+def test_a_checkpoint_copied_to_a_fresh_folder_keeps_the_history_of_the_runs_before_it(tmp_path, data_file,
+                                                                                       model_config):  # fmt: skip
+    first, fresh = tmp_path / "first", tmp_path / "fresh"
+    assert train_cli(train_argv(data_file, first, model_config, max_train_steps=8, checkpointing_steps=4)) == 0
+    fresh.mkdir()
+    shutil.copytree(first / "checkpoint-4", fresh / "checkpoint-4")  # what a repository keeps to go on from
+    argv = train_argv(data_file, fresh, model_config, "--resume_from_checkpoint", "latest", max_train_steps=8,
+                      checkpointing_steps=4)  # fmt: skip
+    assert train_cli(argv) == 0
+    record = json.loads((fresh / "training_args.json").read_text())
+    (before,) = record["previous_runs"]
+    assert before["command"] == json.loads((first / "training_args.json").read_text())["command"]
+    assert (before["started_at_step"], before["max_train_steps"], before["total_batch_size"]) == (0, 4, 4)
+    assert before["train_seconds"] > 0 and (record["started_at_step"], record["max_train_steps"]) == (4, 8)
+    meta = json.loads((fresh / "checkpoint-8" / "ddpmkit_checkpoint.json").read_text())
+    assert [(r["started_at_step"], r["max_train_steps"]) for r in meta["runs"]] == [(0, 4), (4, 8)]
+    card = str(render_model_card(fresh))
+    assert "- steps 0 to 4 (16 images)" in card and "- steps 4 to 8 (16 images)" in card

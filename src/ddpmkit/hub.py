@@ -227,22 +227,23 @@ def _evaluation_section(record: dict, notes, files: str) -> list[str]:
         at_default = [r for r in rows if r.get("guidance_scale") == DEFAULT_GUIDANCE]
         default, guided = (at_default, True) if at_default else ([r for r in rows if "guidance_scale" not in r], False)
         lines += [] if not default else [
-            f"`ddpmkit evaluate` on {first.get('device', 'the device named below')}: N samples (seeds from 0"
+            f"`ddpmkit evaluate` on {first.get('device', 'the device named below')}: N samples (seeds counted up from "
+            "the first seed"
             + (f"; every class asked for equally often, at the default guidance scale {DEFAULT_GUIDANCE:g}"
                if guided else "") + ") against "
             f"the statistics of the training images of {first.get('dataset', 'the dataset')}, in the feature space "
             "of the dataset's classifier that ships with ddpmkit. The floor is N held-out test images drawn at random "
             "(seed 0), measured the same way; lower is better.",
             "",
-            "| sampler | N | classifier FD | floor | x floor | mean confidence | class entropy | smallest class "
-            "| sampling time |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| sampler | N | first seed | classifier FD | floor | x floor | mean confidence | class entropy "
+            "| smallest class | sampling time |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]  # fmt: skip
         for row in default:
             fd, floor = row.get("classifier_fd"), row.get("classifier_fd_floor")
             histogram = row.get("class_histogram")
             cells = [
-                _sampler(row), _fmt(row.get("num_samples", "")), _num(fd), _num(floor),
+                _sampler(row), _fmt(row.get("num_samples", "")), _fmt(row.get("seed", "")), _num(fd), _num(floor),
                 f"{fd / floor:.1f}" if isinstance(fd, (int, float)) and isinstance(floor, (int, float)) and floor
                 else "", _num(row.get("confidence"), 3), _num(row.get("class_entropy"), 3),
                 f"{min(histogram):.1%}" if isinstance(histogram, list) and histogram else "",
@@ -284,18 +285,22 @@ def _guided_table(rows: list[dict]) -> list[str]:
         "classifier names the class that was asked for"
         + (f" (on the real test images it names their true class {floor:.1%} of the time)" if floor else "")
         + "; the worst class is the class with the lowest accuracy.", "",
-        "| sampler | guidance scale | N | asked-for-class accuracy | worst class | classifier FD | x floor "
-        "| class entropy | sampling time |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| sampler | guidance scale | N | first seed | asked-for-class accuracy | worst class | classifier FD "
+        "| x floor | class entropy | sampling time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]  # fmt: skip
-    for row in sorted(rows, key=lambda r: (_sampler(r), r["guidance_scale"] if _is_num(r["guidance_scale"]) else 0)):
+
+    def order(r: dict) -> tuple:
+        return _sampler(r), r["guidance_scale"] if _is_num(r["guidance_scale"]) else 0, r.get("seed") or 0
+
+    for row in sorted(rows, key=order):
         fd, fd_floor, per_class = row.get("classifier_fd"), row.get("classifier_fd_floor"), row.get(
             "class_accuracy_per_class")  # fmt: skip
         scores = [a for a in per_class if _is_num(a)] if isinstance(per_class, list) else []
         worst = f"{min(scores):.1%} ({per_class.index(min(scores))})" if scores else ""
         cells = [
             _sampler(row), f"{row['guidance_scale']:g}" if _is_num(row.get("guidance_scale")) else "",
-            _fmt(row.get("num_samples", "")),
+            _fmt(row.get("num_samples", "")), _fmt(row.get("seed", "")),
             f"{row['class_accuracy']:.1%}" if _is_num(row.get("class_accuracy")) else "", worst, _num(fd),
             f"{fd / fd_floor:.1f}" if _is_num(fd) and _is_num(fd_floor) and fd_floor else "",
             _num(row.get("class_entropy"), 3),

@@ -6,6 +6,7 @@ along the way; the pipeline, its record and its model card at the end.
 """
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -44,6 +45,8 @@ from .schedule import TrainingProgress, build_lr_scheduler, epoch_permutation, m
 
 logger = logging.getLogger("ddpmkit.train")
 
+# a run's part of the history, kept in training_args.json and in each checkpoint
+SEGMENT_KEYS = ("command", "device", "started_at_step", "max_train_steps", "total_batch_size", "train_seconds")
 EVAL_METRICS = {"classifier_fd": "classifier FD", "confidence": "confidence", "class_entropy": "class entropy"}
 
 
@@ -154,8 +157,10 @@ class _Run:
             "seed": config.seed,
             "use_ema": config.use_ema,
         }
+        self.checkpoint_runs: list = []
         if self.checkpoint is not None:
             saved = check_checkpoint_compatible(self.checkpoint, self.meta)
+            self.checkpoint_runs = saved.get("runs") if isinstance(saved.get("runs"), list) else []
             changed = [k for k in ("train_batch_size", "gradient_accumulation_steps", "num_processes", "seed",
                                    "use_ema") if saved.get(k) != self.meta[k]]  # fmt: skip
             if "use_ema" in changed:
@@ -323,8 +328,9 @@ class _Run:
                         accelerator.log({"loss": mean_loss, "lr": lr, "images_per_s": speed,
                                          "epoch": step / self.steps_per_epoch}, step=step)  # fmt: skip
                 if checkpoint_now:
-                    path = save_checkpoint(accelerator, self.output_dir, step, self.meta,
-                                           config.checkpoints_total_limit)  # fmt: skip
+                    runs = [{k: r[k] for k in SEGMENT_KEYS if k in r} for r in self._previous_runs()]
+                    meta = {**self.meta, "runs": [*runs, self._segment(step)]}  # the history travels with it
+                    path = save_checkpoint(accelerator, self.output_dir, step, meta, config.checkpoints_total_limit)
                     logger.info("Saved %s", path)
                 if images_now and step < self.max_train_steps:
                     self._save_samples(step)
@@ -447,22 +453,45 @@ class _Run:
             "total_batch_size": self.total_batch,
             "parameters": self.n_params,
             "dataset_id": preset.hub_id if preset else config.dataset_name or self.dataset.source,
-            "train_seconds": round(time.perf_counter() - self.started, 1),
-            "device": describe_device(self.accelerator.device),
-            "started_at_step": self.start_step,
+            **self._segment(self.max_train_steps),
         }
-        path = self.output_dir / "training_args.json"
+        card = self._before.get("card")
+        if isinstance(card, dict):
+            record["card"] = card  # the card's own text stays with the folder
+        if self._previous_runs():
+            record["previous_runs"] = self._previous_runs()
+        return record
+
+    def _segment(self, step: int) -> dict:
+        """This run's part of the history, up to ``step``: what a card lists under Compute (``SEGMENT_KEYS``)."""
+        return {
+            "command": self.command, "device": describe_device(self.accelerator.device),
+            "started_at_step": self.start_step, "max_train_steps": step, "total_batch_size": self.total_batch,
+            "train_seconds": round(time.perf_counter() - self.started, 1),
+        }  # fmt: skip
+
+    @functools.cached_property
+    def _before(self) -> dict:
+        """The ``training_args.json`` a resumed run finds in its output folder ({} when none or unreadable), read
+        once: before this run writes its own."""
+        path, before = self.output_dir / "training_args.json", None
         if self.start_step and path.is_file():
             try:
                 before = json.loads(path.read_text())
             except (OSError, ValueError):
-                before = None
-            if isinstance(before, dict) and isinstance(before.get("card"), dict):
-                record["card"] = before.pop("card")  # the card's own text stays with the folder
-            if isinstance(before, dict) and before.get("max_train_steps", 0) <= self.start_step:
-                previous = before.pop("previous_runs", [])
-                record["previous_runs"] = [*previous, before]
-        return record
+                pass
+        return before if isinstance(before, dict) else {}
+
+    def _previous_runs(self) -> list:
+        """The runs that trained the steps before this one's start: from the output folder's
+        ``training_args.json`` when it ends at or before the resumed step, else from the resumed checkpoint (which
+        carries them, so a checkpoint copied to a fresh folder keeps its history)."""
+        before = {k: v for k, v in self._before.items() if k != "card"}
+        if before and before.get("max_train_steps", 0) <= self.start_step:
+            return [*before.pop("previous_runs", []), before]
+        return [
+            r for r in self.checkpoint_runs if isinstance(r, dict) and r.get("max_train_steps", 0) <= self.start_step
+        ]
 
 
 def _final_save_error(output_dir: Path, error: BaseException) -> TrainingError:
