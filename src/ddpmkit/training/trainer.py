@@ -17,6 +17,7 @@ import torch
 from diffusers.training_utils import EMAModel
 
 from ..data import DATASET_PRESETS, load_image_dataset, save_preview_grid
+from ..hub import RUN_KEYS
 from ..models import ConvUNet2DModel
 from ..pipelines import DDPMPipeline
 from ..pipelines.sampling import SAMPLERS, balanced_labels, sample_images, to_uint8
@@ -45,8 +46,6 @@ from .schedule import TrainingProgress, build_lr_scheduler, epoch_permutation, m
 
 logger = logging.getLogger("ddpmkit.train")
 
-# a run's part of the history, kept in training_args.json and in each checkpoint
-SEGMENT_KEYS = ("command", "device", "started_at_step", "max_train_steps", "total_batch_size", "train_seconds")
 EVAL_METRICS = {"classifier_fd": "classifier FD", "confidence": "confidence", "class_entropy": "class entropy"}
 
 
@@ -328,7 +327,7 @@ class _Run:
                         accelerator.log({"loss": mean_loss, "lr": lr, "images_per_s": speed,
                                          "epoch": step / self.steps_per_epoch}, step=step)  # fmt: skip
                 if checkpoint_now:
-                    runs = [{k: r[k] for k in SEGMENT_KEYS if k in r} for r in self._previous_runs()]
+                    runs = [{k: r[k] for k in RUN_KEYS if k in r} for r in self._previous_runs]
                     meta = {**self.meta, "runs": [*runs, self._segment(step)]}  # the history travels with it
                     path = save_checkpoint(accelerator, self.output_dir, step, meta, config.checkpoints_total_limit)
                     logger.info("Saved %s", path)
@@ -458,12 +457,12 @@ class _Run:
         card = self._before.get("card")
         if isinstance(card, dict):
             record["card"] = card  # the card's own text stays with the folder
-        if self._previous_runs():
-            record["previous_runs"] = self._previous_runs()
+        if self._previous_runs:
+            record["previous_runs"] = self._previous_runs
         return record
 
     def _segment(self, step: int) -> dict:
-        """This run's part of the history, up to ``step``: what a card lists under Compute (``SEGMENT_KEYS``)."""
+        """This run's part of the history, up to ``step``: what a card lists under Compute (``RUN_KEYS``)."""
         return {
             "command": self.command, "device": describe_device(self.accelerator.device),
             "started_at_step": self.start_step, "max_train_steps": step, "total_batch_size": self.total_batch,
@@ -482,6 +481,7 @@ class _Run:
                 pass
         return before if isinstance(before, dict) else {}
 
+    @functools.cached_property
     def _previous_runs(self) -> list:
         """The runs that trained the steps before this one's start: from the output folder's
         ``training_args.json`` when it ends at or before the resumed step, else from the resumed checkpoint (which
