@@ -103,6 +103,15 @@ def test_without_labels_each_image_draws_its_class_from_its_own_generator(condit
     assert seen[0][3:] == [3, 3, 3] and all(c < 3 for c in seen[0][:3])  # guided: random classes, then the null
 
 
+def test_a_list_of_labels_sets_the_batch_size(conditional):
+    run = dict(num_inference_steps=2, output_type="pt", guidance_scale=1.0)
+    assert conditional(class_labels=["Sneaker"] * 3, **run).images.shape[0] == 3  # the README's call
+    assert conditional(class_labels=torch.tensor([0, 1]), **run).images.shape[0] == 2
+    assert conditional(class_labels=1, **run).images.shape[0] == 1 and conditional(**run).images.shape[0] == 1
+    with pytest.raises(ValueError, match="got 3 class labels for batch_size 2"):
+        conditional(batch_size=2, class_labels=[0, 1, 2], **run)
+
+
 def test_bad_labels_and_scales_are_one_clear_error(conditional):
     with pytest.raises(ValueError, match=r"class 'Boot' is not one this model draws.*2 'Sneaker'"):
         conditional(batch_size=1, num_inference_steps=2, class_labels="Boot")

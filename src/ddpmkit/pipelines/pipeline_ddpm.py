@@ -162,7 +162,7 @@ class DDPMPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        batch_size: int = 1,
+        batch_size: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         num_inference_steps: int = 1000,
         output_type: str = "pil",
@@ -174,7 +174,7 @@ class DDPMPipeline(DiffusionPipeline):
         """Generates ``batch_size`` images.
 
         Args:
-            batch_size: number of images.
+            batch_size: number of images. Default: one per class label when ``class_labels`` lists several, else 1.
             generator: a generator, or a list with one per image so each image has its own random stream
                 (then an image does not depend on the batch it is drawn in).
             num_inference_steps: denoising steps; 1000 visits every training timestep.
@@ -193,6 +193,9 @@ class DDPMPipeline(DiffusionPipeline):
                 the unconditional model alone (the null class, one UNet call per step). Default:
                 ``DEFAULT_GUIDANCE`` (1.5) for a model with a null class, else 1.
         """
+        if batch_size is None:  # `pipe(class_labels=[7] * 16)` draws 16 images
+            batch_size = len(class_labels) if isinstance(class_labels, (list, tuple)) and class_labels else (
+                class_labels.numel() if torch.is_tensor(class_labels) and class_labels.numel() else 1)  # fmt: skip
         self._check_call_arguments(batch_size, generator, num_inference_steps, output_type, trajectory_steps)
         labels, null = self.resolve_class_labels(class_labels, batch_size)
         if guidance_scale is None:
