@@ -87,6 +87,9 @@ def test_mnist_28_with_five_levels_explains_the_fix():
         ({"act_fn": "tanh"}, "act_fn 'tanh' is not supported"),
         ({"time_embedding_dim": 7}, "must be even"),
         ({"block_out_channels": []}, "list of 1 to 8"),
+        ({"attention_head_dim": 4}, "attention_head_dim 4 needs add_attention=True"),
+        ({"add_attention": True, "attention_head_dim": 5}, "must divide the lowest level's 16 channels"),
+        ({"add_mid_block": "yes"}, "add_mid_block must be true or false"),
     ],
 )
 def test_bad_configs_fail_at_construction(override, message):
@@ -102,3 +105,24 @@ def test_presets_build_and_run():
         assert model(torch.randn(1, 1, 32, 32), 10).sample.shape == (1, 1, 32, 32)
     with pytest.raises(ValueError, match="unknown model preset 'huge'"):
         model_preset("huge")
+
+
+def test_the_bottom_attention_and_mid_block_are_optional_and_round_trip(tmp_path):
+    plain = ConvUNet2DModel(**TINY_UNET)
+    assert not [k for k in plain.state_dict() if k.startswith(("attention.", "mid_block."))]
+    torch.manual_seed(0)
+    model = ConvUNet2DModel(**TINY_UNET, add_attention=True, attention_head_dim=4, add_mid_block=True).eval()
+    assert model.attention.heads == 4  # 16 bottom channels / 4 per head
+    extra = {k.split(".")[0] for k in model.state_dict()} - {k.split(".")[0] for k in plain.state_dict()}
+    assert extra == {"attention", "mid_block"}
+    x = torch.randn(2, 1, 8, 8)
+    model(x, torch.tensor([3, 700])).sample.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+    model.save_pretrained(tmp_path / "unet")
+    loaded = ConvUNet2DModel.from_pretrained(tmp_path / "unet").eval()
+    config = loaded.config
+    assert (config.add_attention, config.attention_head_dim, config.add_mid_block) == (True, 4, True)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, 10).sample, model(x, 10).sample, rtol=0, atol=0)
+

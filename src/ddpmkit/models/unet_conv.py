@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.activations import ACT2CLS, get_activation
+from diffusers.models.attention_processor import Attention
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
@@ -64,6 +65,11 @@ class ConvUNet2DModel(ModelMixin, ConfigMixin):
         id2label: the class names of a class-conditional model, ``{"0": name, ...}``, so a folder says what it
             draws. With it, ``num_class_embeds`` is one more than the classes: the last id is the null class
             ("no class"), which classifier-free guidance and unconditional sampling use.
+        add_attention: self-attention over the pixels of the lowest resolution, after its encoder block (diffusers'
+            mid-block attention: GroupNorm, one residual attention layer). Off in the tutorial's model.
+        attention_head_dim: channels per attention head; ``None`` means one head over all channels.
+        add_mid_block: one more residual block at the lowest resolution (after the attention, if any), so that
+            with ``add_attention`` the bottom reads residual - attention - residual like diffusers' ``UNetMidBlock2D``.
     """
 
     _supports_gradient_checkpointing = False
@@ -83,6 +89,9 @@ class ConvUNet2DModel(ModelMixin, ConfigMixin):
         time_embedding_act_fn: Literal["silu", "relu", "gelu", "mish"] = "relu",
         num_class_embeds: int | None = None,
         id2label: dict[str, str] | None = None,
+        add_attention: bool = False,
+        attention_head_dim: int | None = None,
+        add_mid_block: bool = False,
     ):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -91,6 +100,7 @@ class ConvUNet2DModel(ModelMixin, ConfigMixin):
             norm_eps, act_fn, time_embedding_act_fn, num_class_embeds,
         )  # fmt: skip
         _check_id2label(id2label, num_class_embeds)
+        _check_bottom(add_attention, attention_head_dim, add_mid_block, block_out_channels[-1])
         channels = list(block_out_channels)
 
         # 1. time (and optional class) embedding: sinusoid -> Linear -> act
@@ -107,12 +117,21 @@ class ConvUNet2DModel(ModelMixin, ConfigMixin):
         self.down_blocks = nn.ModuleList(block(c_in, c_out) for c_in, c_out in zip(encoder_in, channels))
         self.downsample = nn.MaxPool2d(kernel_size=2, stride=2)
 
-        # 3. decoder: transposed conv doubles the resolution, then a block over [skip, upsampled]
+        # 3. optional bottom: attention and a residual block at the lowest resolution
+        bottom = channels[-1]
+        head_dim = attention_head_dim or bottom
+        self.attention = Attention(
+            bottom, heads=bottom // head_dim, dim_head=head_dim, norm_num_groups=norm_num_groups, eps=norm_eps,
+            bias=True, upcast_softmax=True, residual_connection=True, _from_deprecated_attn_block=True,
+        ) if add_attention else None  # fmt: skip
+        self.mid_block = block(bottom, bottom) if add_mid_block else None
+
+        # 4. decoder: transposed conv doubles the resolution, then a block over [skip, upsampled]
         pairs = list(zip(channels[1:], channels[:-1]))[::-1]  # (deeper, shallower), deepest first
         self.upsamplers = nn.ModuleList(nn.ConvTranspose2d(deep, shallow, 2, stride=2) for deep, shallow in pairs)
         self.up_blocks = nn.ModuleList(block(2 * shallow, shallow) for _, shallow in pairs)
 
-        # 4. back to image channels
+        # 5. back to image channels
         self.conv_out = nn.Conv2d(channels[0], out_channels, kernel_size=1)
 
     @staticmethod
@@ -242,12 +261,18 @@ class ConvUNet2DModel(ModelMixin, ConfigMixin):
                 skips.append(x)
                 x = self.downsample(x)
 
-        # 3. decoder: upsample, concatenate the skip first, then the block
+        # 3. optional bottom, at the lowest resolution
+        if self.attention is not None:
+            x = self.attention(x)  # (B, C_bottom, h, w), attention over the h * w pixels, plus the residual
+        if self.mid_block is not None:
+            x = self.mid_block(x, temb)
+
+        # 4. decoder: upsample, concatenate the skip first, then the block
         for upsample, block in zip(self.upsamplers, self.up_blocks):
             x = upsample(x)  # (B, C_shallow, 2h, 2w)
             x = block(torch.cat([skips.pop(), x], dim=1), temb)
 
-        # 4. output projection
+        # 5. output projection
         x = self.conv_out(x)  # (B, out_channels, H, W)
         if not return_dict:
             return (x,)
@@ -290,6 +315,22 @@ def _broadcast_timesteps(timestep, batch: int, device: torch.device) -> torch.Te
     if timestep.is_floating_point() and not torch.isfinite(timestep).all():
         raise ValueError("timestep holds NaN or infinite values")
     return timestep.expand(batch)
+
+
+def _check_bottom(add_attention, attention_head_dim, add_mid_block, bottom_channels: int) -> None:
+    for name, value in (("add_attention", add_attention), ("add_mid_block", add_mid_block)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+    if attention_head_dim is None:
+        return
+    _check_int("attention_head_dim", attention_head_dim, 1, MAX_CHANNELS)
+    if not add_attention:
+        raise ValueError(f"attention_head_dim {attention_head_dim} needs add_attention=True; set it or leave both out")
+    if bottom_channels % attention_head_dim:
+        raise ValueError(
+            f"attention_head_dim {attention_head_dim} must divide the lowest level's {bottom_channels} channels "
+            "(the last of block_out_channels); use a divisor or None for one head"
+        )
 
 
 MAX_LABEL_CHARS = 100
