@@ -29,6 +29,7 @@ from ddpmkit.hub import render_model_card
 from ddpmkit.training import (
     LossMonitor,
     NonFiniteLossError,
+    TrainingConfig,
     TrainingError,
     build_lr_scheduler,
     list_checkpoints,
@@ -546,3 +547,33 @@ def test_a_checkpoint_copied_to_a_fresh_folder_keeps_the_history_of_the_runs_bef
     assert [(r["started_at_step"], r["max_train_steps"]) for r in meta["runs"]] == [(0, 4), (4, 8)]
     card = str(render_model_card(fresh))
     assert "- steps 0 to 4 (16 images)" in card and "- steps 4 to 8 (16 images)" in card
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ({"dataset": "mnist", "mixed_precision": "no"}, 28),  # the data's own size: 23% fewer pixels than 32
+        ({"dataset": "fashion_mnist", "mixed_precision": "no", "cpu": True}, 28),
+        ({"dataset": "mnist", "mixed_precision": "bf16", "cpu": True}, 32),  # CPU bf16 kernels: 32 runs faster
+        ({"dataset": "mnist", "mixed_precision": "no", "model_config": "tutorial"}, 32),  # 5 levels: 28 % 16 != 0
+        ({"dataset": "cifar10", "mixed_precision": "no"}, 32),
+        ({"train_data_dir": "images", "mixed_precision": "no"}, 32),  # no preset: the tutorial's size
+        ({"dataset": "mnist", "mixed_precision": "no", "resolution": 16}, 16),  # given: kept
+    ],
+)
+def test_the_default_resolution_is_the_datasets_own_where_it_trains_faster(options, expected):
+    config = TrainingConfig(**options)
+    config.fill_resolution()
+    assert config.resolution == expected
+
+
+def test_a_resumed_run_without_resolution_keeps_its_checkpoints(tmp_path):
+    data_file = make_parquet(tmp_path / "mnist" / "train.parquet", n=16)
+    model_config, out = tiny_model_config(tmp_path), tmp_path / "run"
+    run_train(train_argv(data_file, out, model_config, max_train_steps=2, checkpointing_steps=2))
+    assert (out / "checkpoint-2").is_dir()
+    # without --resolution a fresh mnist run in fp32 would take 28, which the 8x8 checkpoint cannot resume
+    run_train(train_argv(data_file, out, model_config, "--resume_from_checkpoint", "latest", resolution=None,
+                         max_train_steps=4, mixed_precision="no"))  # fmt: skip
+    assert json.loads((out / "unet" / "config.json").read_text())["sample_size"] == 8
+    assert "--resolution 8" in " ".join(json.loads((out / "training_args.json").read_text())["command"])

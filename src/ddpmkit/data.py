@@ -38,18 +38,20 @@ MAX_RESOLUTION = 4096
 
 @dataclass(frozen=True)
 class DatasetPreset:
-    """A named dataset: its Hub id and the columns that hold the images (and labels)."""
+    """A named dataset: its Hub id, the columns that hold the images (and labels), and the size of its images
+    where they all share one."""
 
     hub_id: str
     image_column: str
     label_column: str | None = None
     config_name: str | None = None
+    native_resolution: int | None = None
 
 
 DATASET_PRESETS: dict[str, DatasetPreset] = {
-    "mnist": DatasetPreset("ylecun/mnist", "image", "label"),
-    "fashion_mnist": DatasetPreset("zalando-datasets/fashion_mnist", "image", "label"),
-    "cifar10": DatasetPreset("uoft-cs/cifar10", "img", "label"),
+    "mnist": DatasetPreset("ylecun/mnist", "image", "label", native_resolution=28),
+    "fashion_mnist": DatasetPreset("zalando-datasets/fashion_mnist", "image", "label", native_resolution=28),
+    "cifar10": DatasetPreset("uoft-cs/cifar10", "img", "label", native_resolution=32),
     "flowers102": DatasetPreset("huggan/flowers-102-categories", "image", None),
 }
 

@@ -26,15 +26,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import load_image_dataset, save_preview_grid
+    from ..training import TrainingConfig
     from .common import quiet_libraries
 
     out = check_output_file(args.out)
     options = ("dataset", "dataset_name", "dataset_config_name", "train_data_dir", "train_data_files",
                "image_column", "label_column", "split", "resolution", "channels", "center_crop", "cache_dir",
                "max_train_samples")  # fmt: skip
+    data = {name: getattr(args, name) for name in options}
+    if data["resolution"] is None:  # the size a training run in fp32 would use
+        config = TrainingConfig(dataset=args.dataset, train_data_dir=args.train_data_dir)
+        config.fill_resolution()
+        data["resolution"] = config.resolution
     try:
         with quiet_libraries(args.quiet):
-            dataset = load_image_dataset(**{name: getattr(args, name) for name in options})
+            dataset = load_image_dataset(**data)
     except (ValueError, OSError) as e:
         raise UsageError(one_line(e)) from None
     try:

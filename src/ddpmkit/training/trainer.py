@@ -32,6 +32,7 @@ from ..utils.io import (
 )
 from ..utils.lock import FolderLock
 from .checkpoints import (
+    CHECKPOINT_META,
     check_checkpoint_compatible,
     check_output_dir_model,
     checkpoint_step,
@@ -58,11 +59,12 @@ def train(config: TrainingConfig | None = None, command: list[str] | None = None
         command: the command line shown in the model card (default: the ``ddpmkit train`` flags of ``config``).
     """
     config = config if config is not None else TrainingConfig(**options)
-    config.check()
     if config.mixed_precision is None and "ACCELERATE_MIXED_PRECISION" not in os.environ:
         on_cpu = config.cpu or not torch.cuda.is_available()
         # bf16 autocast doubles a training step on CPUs with native bf16 at no cost in quality (benchmarks/README.md)
         config.mixed_precision = "bf16" if on_cpu and cpu_has_native_bf16() else "no"
+    config.fill_resolution(resumed=_resumed_resolution(config))
+    config.check()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and (config.cpu or not torch.cuda.is_available()):
         os.environ["ACCELERATE_USE_CPU"] = "1"  # several processes without GPUs: gloo on the CPU
     from accelerate import Accelerator
@@ -93,6 +95,20 @@ def train(config: TrainingConfig | None = None, command: list[str] | None = None
         accelerator.end_training()
         if accelerator.is_main_process:
             lock.release()
+
+
+def _resumed_resolution(config: TrainingConfig) -> int | None:
+    """The image size of the checkpoint a run resumes, for a run that leaves ``--resolution`` out (``None`` when
+    there is none, or it cannot be read: the resume itself then says why)."""
+    if config.resolution is not None or config.resume_from_checkpoint is None:
+        return None
+    try:
+        path = resolve_checkpoint(config.output_dir, config.resume_from_checkpoint)
+        meta = json.loads((path / CHECKPOINT_META).read_text()) if path is not None else {}
+    except (ValueError, OSError, TrainingError):
+        return None
+    resolution = meta.get("data", {}).get("resolution") if isinstance(meta, dict) else None
+    return resolution if isinstance(resolution, int) and not isinstance(resolution, bool) else None
 
 
 class _Run:
