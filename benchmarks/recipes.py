@@ -27,6 +27,11 @@ MODELS = {
     "small": "small",
     "wide": {"block_out_channels": [48, 96, 192], "time_embedding_dim": 192, "norm_num_groups": 8},
     "base": {"block_out_channels": [64, 128, 256], "time_embedding_dim": 256, "norm_num_groups": 8},
+    # small with self-attention at its lowest resolution, and with a middle residual block after it
+    "small-attn": {"block_out_channels": [32, 64, 128], "time_embedding_dim": 128, "norm_num_groups": 8,
+                   "add_attention": True},
+    "small-attn-mid": {"block_out_channels": [32, 64, 128], "time_embedding_dim": 128, "norm_num_groups": 8,
+                       "add_attention": True, "add_mid_block": True},
 }
 
 # name -> (model, batch, learning rate, Min-SNR gamma or None[, more train.py flags])
@@ -43,6 +48,9 @@ RECIPES = {
     "small-b32-lr1e-3-snr5-labels": ("small", 32, 1e-3, 5.0, ("--class_conditional",)),
     "small-b32-lr1e-3-snr5-labels-v": ("small", 32, 1e-3, 5.0, ("--class_conditional", "--prediction_type",
                                                                 "v_prediction")),
+    # the bottom of the UNet: self-attention at the lowest resolution, then also a middle residual block
+    "small-attn-b32-lr1e-3-snr5-labels": ("small-attn", 32, 1e-3, 5.0, ("--class_conditional",)),
+    "small-attn-mid-b32-lr1e-3-snr5-labels": ("small-attn-mid", 32, 1e-3, 5.0, ("--class_conditional",)),
 }
 EVAL_IMAGES = 32_000  # training images between two scores
 MAX_IMAGES = 384_000  # about an hour of the small model on a 2-core CPU
