@@ -567,13 +567,22 @@ def test_the_default_resolution_is_the_datasets_own_where_it_trains_faster(optio
     assert config.resolution == expected
 
 
-def test_a_resumed_run_without_resolution_keeps_its_checkpoints(tmp_path):
+def test_a_resumed_run_without_resolution_keeps_its_checkpoints(tmp_path, monkeypatch):
+    from ddpmkit.training import checkpoints
+
     data_file = make_parquet(tmp_path / "mnist" / "train.parquet", n=16)
     model_config, out = tiny_model_config(tmp_path), tmp_path / "run"
     run_train(train_argv(data_file, out, model_config, max_train_steps=2, checkpointing_steps=2))
     assert (out / "checkpoint-2").is_dir()
+    shutil.copytree(out, tmp_path / "given")
+    hashed, digest = [], checkpoints._digest
+    monkeypatch.setattr(checkpoints, "_digest", lambda path: hashed.append(path) or digest(path))
+    run_train(train_argv(data_file, tmp_path / "given", model_config, "--resume_from_checkpoint", "latest",
+                         max_train_steps=4, mixed_precision="no"))  # fmt: skip
+    hashed_when_given = len(hashed)
     # without --resolution a fresh mnist run in fp32 would take 28, which the 8x8 checkpoint cannot resume
     run_train(train_argv(data_file, out, model_config, "--resume_from_checkpoint", "latest", resolution=None,
                          max_train_steps=4, mixed_precision="no"))  # fmt: skip
+    assert len(hashed) == 2 * hashed_when_given  # finding the resolution reads the metadata, no file is hashed
     assert json.loads((out / "unet" / "config.json").read_text())["sample_size"] == 8
     assert "--resolution 8" in " ".join(json.loads((out / "training_args.json").read_text())["command"])

@@ -50,17 +50,25 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def verify_checkpoint(path: str | os.PathLike) -> dict:
-    """The checkpoint's metadata, after checking that every file it lists is there with its recorded size and
-    SHA-256; raises :class:`CorruptCheckpointError` naming the first file that is not."""
-    path = Path(path)
-    meta_path = path / CHECKPOINT_META
+def read_checkpoint_meta(path: str | os.PathLike) -> dict:
+    """The checkpoint's metadata as saved, its files unchecked; raises :class:`CorruptCheckpointError` when it
+    cannot be read."""
+    meta_path = Path(path) / CHECKPOINT_META
     try:
         meta = json.loads(meta_path.read_text())
         if not isinstance(meta, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError, RecursionError) as error:
         raise CorruptCheckpointError(f"{meta_path} is unreadable ({type(error).__name__}: {error})") from None
+    return meta
+
+
+def verify_checkpoint(path: str | os.PathLike) -> dict:
+    """The checkpoint's metadata, after checking that every file it lists is there with its recorded size and
+    SHA-256; raises :class:`CorruptCheckpointError` naming the first file that is not."""
+    path = Path(path)
+    meta_path = path / CHECKPOINT_META
+    meta = read_checkpoint_meta(path)
     files = meta.get("files")
     if files is None:  # written before checksums were recorded: trust it
         return meta
@@ -77,13 +85,18 @@ def verify_checkpoint(path: str | os.PathLike) -> dict:
     return meta
 
 
-def resolve_checkpoint(output_dir: str | os.PathLike, resume_from: str | None, set_aside: bool = False) -> Path | None:
+def resolve_checkpoint(
+    output_dir: str | os.PathLike, resume_from: str | None, set_aside: bool = False, verify: bool = True
+) -> Path | None:
     """``latest`` -> the newest checkpoint of ``output_dir`` that verifies (``None`` if there is none), saying which
     ones it skipped and why (with ``set_aside``, each is renamed ``checkpoint-N.damaged``, kept for a look but out of
-    the way of the step that saves ``checkpoint-N`` again); a path -> that checkpoint, which must verify."""
+    the way of the step that saves ``checkpoint-N`` again); a path -> that checkpoint, which must verify. With
+    ``verify=False`` the files are not checked: the newest checkpoint, or the path if it is one."""
     if resume_from is None:
         return None
     if resume_from == "latest":
+        if not verify:
+            return next(reversed(list_checkpoints(output_dir)), None)
         for path in reversed(list_checkpoints(output_dir)):
             try:
                 verify_checkpoint(path)
@@ -108,7 +121,8 @@ def resolve_checkpoint(output_dir: str | os.PathLike, resume_from: str | None, s
         raise ValueError(
             f"{str(path)!r} is not a complete ddpmkit checkpoint (no {CHECKPOINT_META}); pick another checkpoint-N"
         )
-    verify_checkpoint(path)
+    if verify:
+        verify_checkpoint(path)
     return path
 
 

@@ -32,12 +32,12 @@ from ..utils.io import (
 )
 from ..utils.lock import FolderLock
 from .checkpoints import (
-    CHECKPOINT_META,
     check_checkpoint_compatible,
     check_output_dir_model,
     checkpoint_step,
     cleanup_stale_tmp,
     list_checkpoints,
+    read_checkpoint_meta,
     resolve_checkpoint,
     save_checkpoint,
 )
@@ -102,12 +102,15 @@ def _resumed_resolution(config: TrainingConfig) -> int | None:
     there is none, or it cannot be read: the resume itself then says why)."""
     if config.resolution is not None or config.resume_from_checkpoint is None:
         return None
+    # the metadata alone: every checkpoint of a folder has the same data shape, and the resume checks the files
+    # (their SHA-256) once, later
     try:
-        path = resolve_checkpoint(config.output_dir, config.resume_from_checkpoint)
-        meta = json.loads((path / CHECKPOINT_META).read_text()) if path is not None else {}
-    except (ValueError, OSError, TrainingError):
+        path = resolve_checkpoint(config.output_dir, config.resume_from_checkpoint, verify=False)
+        meta = read_checkpoint_meta(path) if path is not None else {}
+    except (ValueError, TrainingError):
         return None
-    resolution = meta.get("data", {}).get("resolution") if isinstance(meta, dict) else None
+    data = meta.get("data")
+    resolution = data.get("resolution") if isinstance(data, dict) else None
     return resolution if isinstance(resolution, int) and not isinstance(resolution, bool) else None
 
 
