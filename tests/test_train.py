@@ -580,6 +580,8 @@ def test_a_resumed_run_without_resolution_keeps_its_checkpoints(tmp_path, monkey
     run_train(train_argv(data_file, tmp_path / "given", model_config, "--resume_from_checkpoint", "latest",
                          max_train_steps=4, mixed_precision="no"))  # fmt: skip
     hashed_when_given = len(hashed)
+    saved_files = json.loads((out / "checkpoint-2" / "ddpmkit_checkpoint.json").read_text())["files"]
+    assert hashed_when_given == len(saved_files)  # a resume checks each file of its checkpoint once
     # without --resolution a fresh mnist run in fp32 would take 28, which the 8x8 checkpoint cannot resume
     run_train(train_argv(data_file, out, model_config, "--resume_from_checkpoint", "latest", resolution=None,
                          max_train_steps=4, mixed_precision="no"))  # fmt: skip

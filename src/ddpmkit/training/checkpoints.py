@@ -128,8 +128,9 @@ def resolve_checkpoint(
 
 def check_checkpoint_compatible(path: str | os.PathLike, expected: dict) -> dict:
     """Raises ``ValueError`` if the checkpoint at ``path`` was made with a different model, scheduler or data
-    shape than ``expected`` (a dict with ``unet``, ``scheduler``, ``data``); returns the checkpoint's metadata."""
-    meta = verify_checkpoint(path)
+    shape than ``expected`` (a dict with ``unet``, ``scheduler``, ``data``); returns the checkpoint's metadata. Its
+    files are not checked again: :func:`resolve_checkpoint` has verified them."""
+    meta = read_checkpoint_meta(path)
     for section in ("unet", "scheduler", "data"):
         detail = _differences(meta.get(section, {}), expected.get(section, {}))
         if detail:
