@@ -4,16 +4,18 @@ classifier FD at equal images.
     python benchmarks/against_main.py --ref 69d14c9 --steps 3000 --data ../shared/data/mnist
 
 The earlier code is checked out in a git worktree and trains with its own ``examples/train.py``; today's trains with
-``python -m ddpmkit train``. Both get the same flags (everything else at each one's defaults), run at the same time,
-each pinned to a core of its own with ``--threads`` torch threads, so load and memory traffic hit both alike. Speed
-is the median of the images/s each logs to TensorBoard every ``--logging_steps`` (the first interval, warm-up,
-dropped); quality is ``--eval_samples`` DDIM-50 samples of each final pipeline scored with today's evaluator and the
-committed classifier. Writes ``benchmarks/results-against-main.{json,md}``.
+``python -m ddpmkit train`` (plus ``--today_flags``, e.g. ``--compile``). Both get the same flags (everything else at
+each one's defaults), run at the same time, each pinned to a core of its own with ``--threads`` torch threads, so
+load and memory traffic hit both alike. Speed is the median of the images/s each logs to TensorBoard every
+``--logging_steps`` (the first interval, warm-up and any compilation, dropped); quality is ``--eval_samples``
+DDIM-50 samples of each final pipeline scored with today's evaluator and the committed classifier. Writes
+``benchmarks/results-against-main.{json,md}``.
 """
 
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -37,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval_samples", type=int, default=1000, help="DDIM-50 samples scored per run (0: none)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each run")
     parser.add_argument("--output", default=str(HERE / "results-against-main"), help="results path, no suffix")
+    parser.add_argument("--today_flags", default="",
+                        help="more `ddpmkit train` flags for today's run only: --today_flags=--compile")  # fmt: skip
     args = parser.parse_args(argv)
     if not (Path(args.data) / "train.parquet").is_file():
         parser.error(f"--data {args.data} holds no train.parquet; point it at the MNIST Parquet folder")
@@ -95,7 +99,8 @@ def main(argv=None) -> int:
     try:
         runs = {
             f"main {commit}": ([sys.executable, str(tree / "examples" / "train.py")], tree / "src"),
-            f"today {today}": ([sys.executable, "-m", "ddpmkit", "train"], ROOT / "src"),
+            f"today {today}": ([sys.executable, "-m", "ddpmkit", "train", *shlex.split(args.today_flags)],
+                               ROOT / "src"),  # fmt: skip
         }
         cores = sorted(os.sched_getaffinity(0))
         procs, results = {}, {}
@@ -150,7 +155,8 @@ def main(argv=None) -> int:
     old, new = results[f"main {commit}"], results[f"today {today}"]
     record = {
         "cpu": cpu_name(args.threads), "threads_per_run": args.threads, "steps": args.steps, "batch": 32,
-        "images": args.steps * 32, "eval_samples": args.eval_samples, "runs": results,
+        "images": args.steps * 32, "eval_samples": args.eval_samples, "today_flags": args.today_flags,
+        "runs": results,
         "speed_ratio": new["images_per_s"] / old["images_per_s"],
         "command": "python benchmarks/against_main.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }  # fmt: skip
@@ -175,7 +181,8 @@ def to_markdown(record: dict) -> str:
         "",
         f"`{record['command']}`: {record['steps']} steps of batch {record['batch']} ({record['images']:,} images) "
         f"each, both runs at once, each on cores of its own; "
-        f"classifier FD of {record['eval_samples']} DDIM-50 samples (today's evaluator).",
+        f"classifier FD of {record['eval_samples']} DDIM-50 samples (today's evaluator)."
+        + (f" Today's run adds `{record['today_flags']}`." if record.get("today_flags") else ""),
         "",
         "| run | training images/s | wall time (s) | classifier FD | floor | confidence | class entropy |",
         "|---|---:|---:|---:|---:|---:|---:|",

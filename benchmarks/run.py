@@ -156,16 +156,18 @@ def to_markdown(results: dict) -> str:
         lines += [
             "## Sampling, `small` UNet: seconds per 100 images", "",
             "| method | timed steps x batch | ddpmkit | diffusers | bare loop | ddpmkit / diffusers | "
-            "ddpmkit over bare | diffusers over bare |", "|---|---|---:|---:|---:|---:|---:|---:|",
+            "per round: median (range) | ddpmkit over bare | diffusers over bare |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]  # fmt: skip
         for r in sec["sampling"]["rows"]:
             s = r["seconds_per_100_images"]
             lines.append(
                 f"| {r['method']} | {r['timed_steps']} x {r['batch']} | {s['ddpmkit']:.2f} | {s['diffusers']:.2f} | "
-                f"{s['bare loop']:.2f} | {r['ratio_ddpmkit_over_diffusers']:.3f} | "
+                f"{s['bare loop']:.2f} | {r['ratio_ddpmkit_over_diffusers']:.3f} | {_round_ratios(r)} | "
                 f"{100 * r['ddpmkit_overhead_over_bare']:+.1f}% | {100 * r['diffusers_overhead_over_bare']:+.1f}% |"
             )
-        lines += ["", "Times are scaled linearly from the timed steps and batch to the nominal steps and 100 images."]
+        lines += ["", "Times are scaled linearly from the timed steps and batch to the nominal steps and 100 images. "
+                  "A round times each case once, back to back; its ratio cancels the load that round saw."]
         lines.append("")
     if "guidance" in sec:
         lines += [
@@ -221,6 +223,13 @@ def to_markdown(results: dict) -> str:
         lines.append("")
     lines.append("Section times: " + ", ".join(f"{k} {v:.0f} s" for k, v in results["seconds"].items()))
     return "\n".join(lines) + "\n"
+
+
+def _round_ratios(row: dict) -> str:
+    ratios = row.get("round_ratios")  # absent from results written before it was recorded
+    if not ratios:
+        return ""
+    return f"{row['ratio_median_of_rounds']:.3f} ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 if __name__ == "__main__":
