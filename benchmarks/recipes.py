@@ -27,9 +27,8 @@ MODELS = {
     "small": "small",
     "wide": {"block_out_channels": [48, 96, 192], "time_embedding_dim": 192, "norm_num_groups": 8},
     "base": {"block_out_channels": [64, 128, 256], "time_embedding_dim": 256, "norm_num_groups": 8},
-    # small with self-attention at its lowest resolution, and with a middle residual block after it
-    "small-attn": {"block_out_channels": [32, 64, 128], "time_embedding_dim": 128, "norm_num_groups": 8,
-                   "add_attention": True},
+    # small with self-attention at its lowest resolution (a preset), and with a middle residual block after it
+    "small-attn": "small-attn",
     "small-attn-mid": {"block_out_channels": [32, 64, 128], "time_embedding_dim": 128, "norm_num_groups": 8,
                        "add_attention": True, "add_mid_block": True},
 }

@@ -24,7 +24,7 @@ from helpers_train import (
     unet_weights,
 )
 
-from ddpmkit import DDPMPipeline
+from ddpmkit import ConvUNet2DModel, DDPMPipeline
 from ddpmkit.hub import render_model_card
 from ddpmkit.training import (
     LossMonitor,
@@ -565,6 +565,18 @@ def test_the_default_resolution_is_the_datasets_own_where_it_trains_faster(optio
     config = TrainingConfig(**options)
     config.fill_resolution()
     assert config.resolution == expected
+
+
+def test_the_small_attn_preset_adds_attention_at_the_lowest_resolution_only():
+    config = TrainingConfig(dataset="mnist", model_config="small-attn", mixed_precision="no")
+    config.fill_resolution()
+    unet = ConvUNet2DModel(**config.unet_config(1))
+    plain = TrainingConfig(dataset="mnist", model_config="small", mixed_precision="no")
+    plain.fill_resolution()
+    plain_keys = set(ConvUNet2DModel(**plain.unet_config(1)).state_dict())
+    assert config.resolution == 28 and unet.config.add_attention and not unet.config.add_mid_block
+    extra = set(unet.state_dict()) - plain_keys
+    assert extra and all(k.startswith("attention.") for k in extra) and plain_keys <= set(unet.state_dict())
 
 
 def test_a_resumed_run_without_resolution_keeps_its_checkpoints(tmp_path, monkeypatch):
