@@ -186,7 +186,7 @@ def to_markdown(results: dict) -> str:
                 f"{r.get('ratio_unet_two_passes_over_single', float('nan')):.3f} |"
             )
         lines += ["", "Guided sampling runs the UNet on the class and null halves together, in pieces of at most "
-                  "`CPU_UNET_PIECE` (100) images on a CPU, where a call at twice the batch costs more than twice."]
+                  "`CPU_UNET_PIECE` (25) images on a CPU, where a call at twice the batch costs more than twice."]
         lines.append("")
     if "overhead" in sec:
         o = sec["overhead"]
