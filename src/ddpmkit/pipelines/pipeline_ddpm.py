@@ -16,8 +16,8 @@ from .loading import load_pipeline_safely
 # whose samples are the digit asked for at least 97% of the time (model_cards/mnist.md)
 DEFAULT_GUIDANCE = 1.5
 # on a CPU the UNet's cost per image grows with the images in a call as its activations leave the caches (1.5x at
-# 200 against 100 on a Xeon; on a 2-core AMD EPYC 100 images in pieces of 25 took 0.81x the time of one call for
-# `small`, 0.75x for `base`), so every CPU call runs in pieces of this many (benchmarks/README.md)
+# 200 against 100 on a Xeon; on a 2-core AMD EPYC 100 images in pieces of 25 took 0.82x the time of one call for
+# `small` at 32x32, 0.80x for `base`: benchmarks/results-pieces.md), so every CPU call runs in pieces of this many
 CPU_UNET_PIECE = 25
 
 OUTPUT_TYPES = ("pil", "np", "pt")
