@@ -567,25 +567,6 @@ def test_the_default_resolution_is_the_datasets_own_where_it_trains_faster(optio
     assert config.resolution == expected
 
 
-def test_a_cpu_batch_in_pieces_trains_to_the_weights_of_the_whole_batch(tmp_path, data_file, model_config,
-                                                                        monkeypatch):
-    import ddpmkit.training.trainer as trainer
-
-    calls = []
-    real_loss = trainer.diffusion_loss
-    monkeypatch.setattr(trainer, "diffusion_loss", lambda *a, **k: calls.append(a[2].shape[0]) or real_loss(*a, **k))
-    weights = {}
-    for piece in (4, 3):  # batch 4: whole, then pieces of 3 and 1 with the noise of the whole batch
-        monkeypatch.setattr(trainer, "CPU_TRAIN_PIECE", piece)
-        out = tmp_path / f"piece-{piece}"
-        run_train(train_argv(data_file, out, model_config, max_train_steps=3, mixed_precision="no",
-                             gradient_accumulation_steps=2))  # fmt: skip
-        weights[piece] = DDPMPipeline.from_pretrained(out).unet.state_dict()
-    assert calls == [4] * 6 + [3, 1] * 6  # 3 steps of 2 micro-batches each
-    for name, whole in weights[4].items():
-        torch.testing.assert_close(weights[3][name], whole, rtol=1e-4, atol=1e-5, msg=name)
-
-
 def test_the_small_attn_preset_adds_attention_at_the_lowest_resolution_only():
     config = TrainingConfig(dataset="mnist", model_config="small-attn", mixed_precision="no")
     config.fill_resolution()

@@ -26,8 +26,6 @@ def diffusion_loss(
     generator: torch.Generator | None = None,
     class_labels: torch.Tensor | None = None,
     snr_gamma: float | None = None,
-    timesteps: torch.Tensor | None = None,
-    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The DDPM training loss of eq. (14) in Ho et al. 2020: ``|| eps - eps_theta(x_t, t) ||^2``.
 
@@ -40,12 +38,12 @@ def diffusion_loss(
         snr_gamma: Min-SNR-gamma weighting (Hang et al. 2023): each image's error is weighted by
             ``min(SNR(t), gamma)`` relative to the prediction type's own weighting, so that the low-noise steps,
             which are easy, stop dominating the gradient. ``None`` is the plain loss above.
-        timesteps, noise: ``t`` and ``eps`` drawn already (:func:`draw_noise`), so that a batch computed in pieces
-            sees the draws of the whole batch; left out, they are drawn here with ``generator``.
     """
+    batch, device = clean_images.shape[0], clean_images.device
     # 1. t ~ U{0, T-1} and eps ~ N(0, I)
-    if timesteps is None or noise is None:
-        timesteps, noise = draw_noise(noise_scheduler, clean_images, generator)
+    num_timesteps = noise_scheduler.config.num_train_timesteps
+    timesteps = torch.randint(0, num_timesteps, (batch,), device=device, generator=generator)  # (B,)
+    noise = torch.randn(clean_images.shape, device=device, generator=generator, dtype=clean_images.dtype)
     # 2. x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, eq. (4)
     noisy = noise_scheduler.add_noise(clean_images, noise, timesteps)  # (B, C, H, W)
     # 3. predict and compare with the target of the scheduler's prediction type
@@ -70,16 +68,6 @@ def diffusion_loss(
     weight = {"epsilon": clipped / snr, "sample": clipped, "v_prediction": clipped / (snr + 1)}[prediction_type]
     per_image = (prediction.float() - target.float()).pow(2).mean(dim=tuple(range(1, prediction.ndim)))  # (B,)
     return (per_image * weight).mean()
-
-
-def draw_noise(noise_scheduler, clean_images: torch.Tensor, generator: torch.Generator | None = None):
-    """``t ~ U{0, T-1}`` per image and ``eps ~ N(0, I)`` shaped like ``clean_images``, in that order from
-    ``generator``: the draws of :func:`diffusion_loss`."""
-    batch, device = clean_images.shape[0], clean_images.device
-    num_timesteps = noise_scheduler.config.num_train_timesteps
-    timesteps = torch.randint(0, num_timesteps, (batch,), device=device, generator=generator)  # (B,)
-    noise = torch.randn(clean_images.shape, device=device, generator=generator, dtype=clean_images.dtype)
-    return timesteps, noise
 
 
 class LossMonitor:

@@ -42,15 +42,11 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .config import TrainingConfig
-from .loss import LossMonitor, TrainingError, diffusion_loss, draw_noise
+from .loss import LossMonitor, TrainingError, diffusion_loss
 from .schedule import TrainingProgress, build_lr_scheduler, epoch_permutation, micro_batch_indices, step_generator
 
 logger = logging.getLogger("ddpmkit.train")
 
-# in fp32 on a CPU a training batch runs forward and backward in pieces of this many images, whose activations stay
-# in the caches: batch 32 as two pieces of 16 trained 1.11x to 1.25x the images/s on a 2-core AMD EPYC
-# (benchmarks/README.md); bf16 (CPUs with native bf16) is left whole, not measured there
-CPU_TRAIN_PIECE = 16
 EVAL_METRICS = {"classifier_fd": "classifier FD", "confidence": "confidence", "class_entropy": "class entropy"}
 
 
@@ -317,7 +313,12 @@ class _Run:
                         labels = torch.where(drop < config.condition_dropout, len(self.class_names), labels)
                     if config.channels_last:
                         clean = clean.contiguous(memory_format=torch.channels_last)
-                    loss = self._forward_backward(clean, labels, generator, micro == accumulation - 1)
+                    last_micro = micro == accumulation - 1
+                    sync = contextlib.nullcontext() if last_micro or world == 1 else accelerator.no_sync(self.model)
+                    with sync, accelerator.autocast():
+                        loss = diffusion_loss(self.model, self.noise_scheduler, clean, generator, labels,
+                                              snr_gamma=config.snr_gamma or None)  # fmt: skip
+                        accelerator.backward(loss / accumulation)
                     monitor.add(step + 1, loss)
                 if config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
@@ -355,34 +356,6 @@ class _Run:
                     self._evaluate(step)
         finally:
             bar.close()
-
-    def _forward_backward(self, clean, labels, generator, last_micro: bool) -> torch.Tensor:
-        """The loss of one micro-batch and its gradient, added to the parameters' ``.grad``. In fp32 on a CPU the
-        batch runs in pieces of :data:`CPU_TRAIN_PIECE` images with the noise of the whole batch: the same loss and
-        gradient, faster (``benchmarks/README.md``)."""
-        config, accelerator = self.config, self.accelerator
-        batch, world = clean.shape[0], accelerator.num_processes
-        piece = batch
-        if accelerator.device.type == "cpu" and accelerator.mixed_precision == "no":
-            piece = min(batch, CPU_TRAIN_PIECE)
-        if piece == batch:
-            timesteps = noise = None  # drawn inside, as they always were
-        else:
-            timesteps, noise = draw_noise(self.noise_scheduler, clean, generator)
-        total = None
-        for start in range(0, batch, piece):
-            part = slice(start, start + piece)
-            last = last_micro and start + piece >= batch  # DDP averages the gradients after the last piece only
-            sync = contextlib.nullcontext() if last or world == 1 else accelerator.no_sync(self.model)
-            drawn = {} if noise is None else {"timesteps": timesteps[part], "noise": noise[part]}
-            with sync, accelerator.autocast():
-                loss = diffusion_loss(self.model, self.noise_scheduler, clean[part], generator,
-                                      None if labels is None else labels[part], snr_gamma=config.snr_gamma or None,
-                                      **drawn)  # fmt: skip
-                share = clean[part].shape[0] / batch  # the batch's loss is the mean over its images
-                accelerator.backward(loss * (share / config.gradient_accumulation_steps))
-            total = loss.detach() * share if total is None else total + loss.detach() * share
-        return total
 
     # 4. along the way: sample grids and scores of the weights the pipeline would save
     def _saved_weights(self) -> ConvUNet2DModel:
