@@ -39,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval_samples", type=int, default=1000, help="DDIM-50 samples scored per run (0: none)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each run")
     parser.add_argument("--output", default=str(HERE / "results-against-main"), help="results path, no suffix")
+    parser.add_argument("--swap_cores", action="store_true",
+                        help="today on the first cores, the earlier main on the next (cores can differ)")  # fmt: skip
     parser.add_argument("--today_flags", default="",
                         help="more `ddpmkit train` flags for today's run only: --today_flags=--compile")  # fmt: skip
     args = parser.parse_args(argv)
@@ -103,13 +105,15 @@ def main(argv=None) -> int:
                                ROOT / "src"),  # fmt: skip
         }
         cores = sorted(os.sched_getaffinity(0))
+        order = [1, 0] if args.swap_cores else [0, 1]  # which run takes the first cores
         procs, results = {}, {}
         for i, (name, (command, src)) in enumerate(runs.items()):
             env = child_env(src, args.threads)
             if not imported_from(env).is_relative_to(src.resolve()):
                 raise RuntimeError(f"{name} would import ddpmkit from {imported_from(env)}, not from {src}")
             out = work / name.split()[0]
-            pin = cores[i * args.threads % len(cores) :][: args.threads] or cores[: args.threads]
+            slot = order[i]
+            pin = cores[slot * args.threads % len(cores) :][: args.threads] or cores[: args.threads]
             log = open(work / f"{out.name}.log", "w")
             start = time.perf_counter()
             proc = subprocess.Popen(command + common_flags(args, out), env=env, cwd=ROOT, stdout=log,
