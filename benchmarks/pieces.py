@@ -51,8 +51,7 @@ def main(argv=None) -> int:
                "seconds": {n: median(times[n]) for n in PIECES}}  # fmt: skip
         row["time_over_one_call"] = {n: row["seconds"][n] / whole for n in PIECES}
         rows.append(row)
-        cells = [f"{n}: {row['seconds'][n]:.3f} s ({row['time_over_one_call'][n]:.2f}x)" for n in PIECES]
-        print(f"{preset} {channels}x{size}x{size}: " + "  ".join(cells), flush=True)
+        print(f"{preset} {channels}x{size}x{size}: " + "  ".join(_cells(row)), flush=True)
     command = "python benchmarks/pieces.py " + " ".join(sys.argv[1:] if argv is None else argv)
     record = {"cpu": describe_device("cpu"), "threads": args.threads, "repeats": args.repeats, "rows": rows,
               "command": command}  # fmt: skip
@@ -65,12 +64,15 @@ def main(argv=None) -> int:
         "|---|" + "---:|" * len(PIECES),
     ]  # fmt: skip
     for r in rows:
-        cells = [f"{r['seconds'][n]:.3f} s ({r['time_over_one_call'][n]:.2f}x)" for n in PIECES]
-        lines.append(f"| `{r['preset']}` {r['channels']}x{r['resolution']}x{r['resolution']} | " + " | ".join(cells)
-                     + " |")  # fmt: skip
+        lines.append(f"| `{r['preset']}` {r['channels']}x{r['resolution']}x{r['resolution']} | "
+                     + " | ".join(_cells(r)) + " |")  # fmt: skip
     Path(args.output + ".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+def _cells(row: dict) -> list[str]:
+    return [f"{row['seconds'][n]:.3f} s ({row['time_over_one_call'][n]:.2f}x)" for n in PIECES]
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
 """Named UNet sizes, chosen with ``--model_config NAME``. One registry, so sizes are not scattered."""
 
+_SMALL = {"block_out_channels": (32, 64, 128), "time_embedding_dim": 128, "norm_num_groups": 8}
+
 MODEL_PRESETS: dict[str, dict] = {
     # for tests and smoke runs: seconds on a CPU
     "tiny": {"block_out_channels": (16, 32, 64), "time_embedding_dim": 64, "norm_num_groups": 8},
     # trains to readable MNIST digits on a laptop CPU within an hour
-    "small": {"block_out_channels": (32, 64, 128), "time_embedding_dim": 128, "norm_num_groups": 8},
+    "small": _SMALL,
     # small plus self-attention over its 7x7 (at 28x28) bottom: 12-14% lower classifier FD on MNIST at equal images
     # for 6% more training time per image (benchmarks/recipes/README.md)
-    "small-attn": {"block_out_channels": (32, 64, 128), "time_embedding_dim": 128, "norm_num_groups": 8,
-                   "add_attention": True},
+    "small-attn": {**_SMALL, "add_attention": True},
     # CIFAR-10 on a GPU in minutes; 2.18M parameters, 8.7 MB of weights
     "base": {"block_out_channels": (64, 128, 256), "time_embedding_dim": 256, "norm_num_groups": 8},
     # the tutorial's model, 33.3M parameters at one channel; wants a GPU
