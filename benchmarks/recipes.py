@@ -24,6 +24,9 @@ ROOT = HERE.parent
 OUT = HERE / "recipes"
 
 MODELS = {
+    "tiny": "tiny",
+    # between tiny and small: three quarters of small's channels, 0.56x its FLOPs
+    "slim": {"block_out_channels": [24, 48, 96], "time_embedding_dim": 96, "norm_num_groups": 8},
     "small": "small",
     "wide": {"block_out_channels": [48, 96, 192], "time_embedding_dim": 192, "norm_num_groups": 8},
     "base": {"block_out_channels": [64, 128, 256], "time_embedding_dim": 256, "norm_num_groups": 8},
@@ -42,6 +45,9 @@ RECIPES = {
     "small-b32-lr1e-3-snr5": ("small", 32, 1e-3, 5.0),
     "small-b128-lr2e-3-snr5": ("small", 128, 2e-3, 5.0),
     "wide-b64-lr2e-3-snr5": ("wide", 64, 2e-3, 5.0),
+    # narrower than small: fewer FLOPs per image, so more images per CPU-minute
+    "slim-b32-lr1e-3-snr5": ("slim", 32, 1e-3, 5.0),
+    "tiny-b32-lr1e-3-snr5": ("tiny", 32, 1e-3, 5.0),
     "base-b64-lr1e-3-snr5": ("base", 64, 1e-3, 5.0),
     # class labels (scored guided at DEFAULT_GUIDANCE, every class asked for equally often), and v-prediction
     "small-b32-lr1e-3-snr5-labels": ("small", 32, 1e-3, 5.0, ("--class_conditional",)),
@@ -55,21 +61,24 @@ EVAL_IMAGES = 32_000  # training images between two scores
 MAX_IMAGES = 384_000  # about an hour of the small model on a 2-core CPU
 
 
-def measure_cpu_rates(path: Path) -> dict:
-    """Training images/s of each recipe's model and batch on this machine's CPU (fwd + bwd + AdamW step with
-    Min-SNR weighting, after 3 warm-up steps, over at least 1,280 images), saved as JSON for ``--cpu_rates``."""
+def measure_cpu_rates(path: Path, names: list[str], resolution: int, rounds: int = 5) -> dict:
+    """Training images/s of the models and batches of recipes ``names`` on this machine's CPU (fwd + bwd + AdamW
+    step with Min-SNR weighting at ``resolution``), saved as JSON for ``--cpu_rates``. The models take turns for
+    ``rounds`` rounds of at least 640 images each and the median counts, so drift hits them all alike."""
+    import statistics
+
     import torch
 
     from ddpmkit import ConvUNet2DModel, LinearDDPMScheduler, model_preset
     from ddpmkit.training import diffusion_loss
 
-    scheduler, rates = LinearDDPMScheduler(), {}
-    for model, batch in sorted({recipe[:2] for recipe in RECIPES.values()}):
+    scheduler, steps = LinearDDPMScheduler(), {}
+    for model, batch in sorted({RECIPES[name][:2] for name in names}):
         config = model_preset(MODELS[model]) if isinstance(MODELS[model], str) else MODELS[model]
         torch.manual_seed(0)
-        unet = ConvUNet2DModel(sample_size=32, in_channels=1, **config)
+        unet = ConvUNet2DModel(sample_size=resolution, in_channels=1, **config)
         optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3)
-        x = torch.rand(batch, 1, 32, 32) * 2 - 1
+        x = torch.rand(batch, 1, resolution, resolution) * 2 - 1
 
         def step(unet=unet, x=x, optimizer=optimizer):
             diffusion_loss(unet, scheduler, x, snr_gamma=5.0).backward()
@@ -78,12 +87,18 @@ def measure_cpu_rates(path: Path) -> dict:
 
         for _ in range(3):
             step()
-        n = max(3, 1280 // batch)
-        start = time.perf_counter()
-        for _ in range(n):
-            step()
-        rates[f"{model}-b{batch}"] = n * batch / (time.perf_counter() - start)
-        print(f"{model} batch {batch}: {rates[f'{model}-b{batch}']:.1f} images/s", flush=True)
+        steps[f"{model}-b{batch}"] = (step, batch)
+    readings = {key: [] for key in steps}
+    for _ in range(rounds):
+        for key, (step, batch) in steps.items():
+            n = max(3, 640 // batch)
+            start = time.perf_counter()
+            for _ in range(n):
+                step()
+            readings[key].append(n * batch / (time.perf_counter() - start))
+    rates = {key: round(statistics.median(values), 1) for key, values in readings.items()}
+    for key, rate in rates.items():
+        print(f"{key} at {resolution}x{resolution}: {rate:.1f} images/s (rounds {[round(v) for v in readings[key]]})")
     path.write_text(json.dumps(rates, indent=1) + "\n")
     return rates
 
@@ -103,7 +118,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cpu_rates", type=str, default=None,
                         help="JSON of 'model-bBATCH' -> CPU training images/s, to express costs in CPU-minutes.")
     parser.add_argument("--measure_cpu_rates", action="store_true",
-                        help="Only measure this CPU's training images/s per recipe into recipes/cpu_rates.json.")
+                        help="Only measure this CPU's training images/s of the --only recipes (default all) "
+                        "into --cpu_rates (default recipes/cpu_rates.json).")
+    parser.add_argument("--resolution", type=int, default=28,
+                        help="Image size of --measure_cpu_rates: 28, MNIST's own and the training default.")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="More examples/train.py arguments.")
     args = parser.parse_args(argv)
     args.names = [n.strip() for n in args.only.split(",")] if args.only else list(RECIPES)
@@ -175,8 +193,9 @@ def markdown(results: dict) -> str:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.measure_cpu_rates:
-        OUT.mkdir(exist_ok=True)
-        return measure_cpu_rates(OUT / "cpu_rates.json")
+        path = Path(args.cpu_rates or OUT / "cpu_rates.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return measure_cpu_rates(path, args.names, args.resolution)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     OUT.mkdir(exist_ok=True)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ddpmkit import ConvUNet2DModel, DDPMPipeline, LinearDDPMScheduler
-from ddpmkit.commands import SUBCOMMANDS, main
+from ddpmkit.commands import SUBCOMMANDS, build_parser, main
 from ddpmkit.pipelines.sampling import SAMPLERS as DEFAULT_STEPS
 
 TINY_UNET = {"sample_size": 8, "block_out_channels": (8, 16), "norm_num_groups": 4, "time_embedding_dim": 8}
@@ -225,6 +225,7 @@ def test_bad_model_folders(capsys, broken_dirs, tmp_path, folder, message, comma
         (["--steps", "ten"], "argument --steps: 'ten' is not an integer"),
         (["--num_images", "-1"], "argument --num_images: must be a positive integer, got -1"),
         (["--batch_size", "0"], "argument --batch_size: must be a positive integer, got 0"),
+        (["--num_threads", "0"], "argument --num_threads: must be a positive integer, got 0"),
         (["--seed", "-1"], "argument --seed: must be between 0 and"),
         (["--scheduler", "euler"], "argument --scheduler: invalid choice: 'euler'"),
         (["--dtype", "float64"], "argument --dtype: invalid choice: 'float64'"),
@@ -243,6 +244,25 @@ def test_sample_bad_arguments(capsys, model_dir, tmp_path, extra, message):
     code, _, err = run(capsys, "sample", "--model", model_dir, "--num_images", 1, "--out", tmp_path / "s.png", *extra)
     assert_usage_error(code, err, "ddpmkit sample: error:", message)
     assert not (tmp_path / "s.png").exists()
+
+
+def test_num_threads_sets_the_cpu_threads_of_a_command(capsys, model_dir, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        code, _, err = run(capsys, "sample", "--model", model_dir, "--num_images", 1, "--steps", 2, "--quiet",
+                           "--num_threads", 1, "--out", tmp_path / "s.png")  # fmt: skip
+        assert code == 0, err
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("command", ["sample", "trajectory", "evaluate"])
+def test_every_sampling_command_takes_num_threads(command):
+    extra = ["--dataset", "mnist"] if command == "evaluate" else []
+    args = build_parser().parse_args([command, "--model", "m", *extra, "--num_threads", "3"])
+    assert args.num_threads == 3
 
 
 def test_sample_without_model_names_the_missing_option(capsys):

@@ -207,15 +207,39 @@ def test_compile_trains_the_same_model_with_the_same_checkpoint_keys(tmp_path, d
     assert json.loads((compiled / "training_args.json").read_text())["max_train_steps"] == 4
 
 
-def test_num_epochs_bf16_and_checkpoint_limit(tmp_path, data_file, model_config):
+def test_num_epochs_bf16_checkpoint_limit_and_threads(tmp_path, data_file, model_config, monkeypatch, capsys):
     out = tmp_path / "out"
     # 32 images, batch 4: 8 steps per epoch; 2 epochs = 16 steps
     argv = train_argv(data_file, out, model_config, max_train_steps=None, num_epochs=2, checkpointing_steps=4,
-                      checkpoints_total_limit=2, mixed_precision="bf16", logging_steps=4)  # fmt: skip
-    run_train(argv)
+                      checkpoints_total_limit=2, mixed_precision="bf16", logging_steps=4, num_threads=2)  # fmt: skip
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.1, 0.5, 0.2), raising=False)  # another job on one core
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        run_train(argv)
+        assert torch.get_num_threads() == 2  # --num_threads
+    finally:
+        torch.set_num_threads(threads)
+    assert "load average 1.1): threads that wait for each other" in capsys.readouterr().err
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-12", "checkpoint-16"]
     assert json.loads((out / "training_args.json").read_text())["max_train_steps"] == 16
     assert torch.isfinite(torch.cat([w.flatten() for w in unet_weights(out).values()])).all()
+
+
+@pytest.mark.parametrize("cores, load, threads, share", [
+    (2, 0.1, 2, None), (2, 1.0, 2, 1), (2, 2.3, 2, 1), (2, 3.0, 1, None), (16, 4.2, 16, 12), (8, 0.0, 8, None),
+])  # fmt: skip
+def test_busy_cpu_warning_names_the_share_of_cores_left(monkeypatch, cores, load, threads, share):
+    from ddpmkit.utils import device
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load), raising=False)
+    warning = device.busy_cpu_warning(threads)
+    if share is None:
+        assert warning is None
+    else:
+        assert f"{threads} CPU threads on {cores} cores" in warning and f"--num_threads {share} " in warning
 
 
 def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(tmp_path, data_file, model_config):
@@ -356,6 +380,7 @@ def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, data_file, model_con
         (train_argv(data_file, tmp_path / "f", model_config, train_batch_size=64), "fewer than one step's 64"),
         (train_argv(data_file, tmp_path / "g", "huge"), "unknown --model_config 'huge'"),
         (train_argv(data_file, tmp_path / "h", model_config, eval_batch_size=10**8), "--eval_batch_size 100000000"),
+        (train_argv(data_file, tmp_path / "i", model_config, num_threads=0), "--num_threads must be a positive"),
         (train_argv(data_file, tmp_path / "file.txt" / "out", model_config), "file.txt is a file, not a folder"),
         (train_argv(data_file, Path("/proc/ddpmkit-out"), model_config), "cannot create --output_dir /proc/"),
     ]

@@ -1,5 +1,5 @@
 """What every subcommand shares: the one error type, the parser class, argument types, the shared flags
-(``--quiet``, ``--device``, ``--dtype``), the device check, pipeline loading and output checks."""
+(``--quiet``, ``--device``, ``--dtype``, ``--num_threads``), the device check, pipeline loading and output checks."""
 
 import argparse
 import contextlib
@@ -71,6 +71,9 @@ def add_runtime(parser: argparse.ArgumentParser, dtype_help: str = "precision of
         "--device", default=None, help="where to run: cpu, cuda, cuda:1, mps, ... (default: cuda when available)"
     )
     parser.add_argument("--dtype", default=None, choices=DTYPES, help=f"{dtype_help} (default: float32)")
+    parser.add_argument("--num_threads", type=positive_int, default=None, metavar="N",
+                        help="CPU threads (default: every core this process may use; beside another job, its "
+                        "share of them)")  # fmt: skip
 
 
 def add_sampling(parser: argparse.ArgumentParser, default: str = "ddim", choices: tuple = tuple(SAMPLERS)) -> None:
@@ -181,6 +184,8 @@ def load_pipeline(args: argparse.Namespace, scheduler: str | None = None):
 
     root = check_model_folder(args.model)
     device = resolve_device(args.device)
+    if args.num_threads is not None:
+        torch.set_num_threads(args.num_threads)
     dtype = getattr(torch, args.dtype or "float32")
     if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise UsageError(f"--dtype bfloat16 is not supported by {torch.cuda.get_device_name(device)}; use float16")

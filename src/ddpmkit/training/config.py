@@ -110,6 +110,11 @@ class TrainingConfig:
         "training")
     seed: int = option(0, "Seed of weights, data order, noise and sample grids.", "training")
     cpu: bool = option(False, "Train on the CPU even if a GPU is present.", "training")
+    num_threads: int | None = option(None, "CPU threads of each process (torch.set_num_threads). Default: torch's, "
+                                     "every core the process may use (its share of them in a multi-process CPU "
+                                     "launch). Two jobs side by side on one machine should split its cores (2 "
+                                     "cores, 2 jobs: --num_threads 1 each): two that each take every core slow "
+                                     "each other down many times over.", "training")  # fmt: skip
     channels_last: bool = option(False, "Keep weights and activations in channels-last (NHWC) layout; faster "
                                  "convolutions on most CPUs and GPUs.", "training")  # fmt: skip
     compile: bool = option(False, "torch.compile the UNet's training steps (the first steps wait for the compile: "
@@ -210,7 +215,7 @@ class TrainingConfig:
             raise ValueError(f"--eval_batch_size {self.eval_batch_size} asks for a grid of {grid * 4 / 2**30:.0f} GiB "
                              f"at --resolution {self.resolution}; use at most "
                              f"{MAX_PIXELS // ((self.channels or 3) * self.resolution**2)}")  # fmt: skip
-        for name in ("max_train_steps", "checkpoints_total_limit"):
+        for name in ("max_train_steps", "checkpoints_total_limit", "num_threads"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"--{name} must be a positive integer, got {value!r}")

@@ -21,7 +21,7 @@ from ..hub import RUN_KEYS
 from ..models import ConvUNet2DModel
 from ..pipelines import DDPMPipeline
 from ..pipelines.sampling import SAMPLERS, balanced_labels, sample_images, to_uint8
-from ..utils.device import cpu_has_native_bf16, describe_device
+from ..utils.device import busy_cpu_warning, cpu_has_native_bf16, describe_device
 from ..utils.images import image_grid
 from ..utils.io import (
     atomic_save_image,
@@ -65,6 +65,8 @@ def train(config: TrainingConfig | None = None, command: list[str] | None = None
         config.mixed_precision = "bf16" if on_cpu and cpu_has_native_bf16() else "no"
     config.fill_resolution(resumed=_resumed_resolution(config))
     config.check()
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and (config.cpu or not torch.cuda.is_available()):
         os.environ["ACCELERATE_USE_CPU"] = "1"  # several processes without GPUs: gloo on the CPU
     from accelerate import Accelerator
@@ -276,6 +278,10 @@ class _Run:
             self.max_train_steps / self.steps_per_epoch, self.steps_per_epoch, self.total_batch,
             accelerator.num_processes,
         )  # fmt: skip
+        if accelerator.device.type == "cpu" and accelerator.is_local_main_process:
+            warning = busy_cpu_warning()
+            if warning:
+                logger.warning(warning)
         self._loop()
         self._finish()
         return self.output_dir

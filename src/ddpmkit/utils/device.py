@@ -1,4 +1,7 @@
-"""What the machine is: a device's name for records and cards, and whether the CPU multiplies bf16 natively."""
+"""What the machine is: a device's name for records and cards, whether the CPU multiplies bf16 natively, and
+whether other work already keeps its cores busy."""
+
+import os
 
 import torch
 
@@ -51,3 +54,21 @@ def describe_device(device: torch.device | str) -> str:
     units = cpu_vector_units()
     threads = torch.get_num_threads()
     return f"{device.type} ({name}{f', {units}' if units else ''}, {threads} thread{'s' if threads > 1 else ''})"
+
+
+def busy_cpu_warning(threads: int | None = None) -> str | None:
+    """A warning when ``threads`` torch threads (default: this process's) and the work already running on the
+    machine add up to more than the cores this process may use, else ``None``. OpenMP threads then wait at every
+    operation for a partner that is descheduled: two 2-thread trainings on 2 cores ran about 15x slower than
+    one. The 1-minute load average counts the work already there (this process has only just started)."""
+    threads = threads or torch.get_num_threads()
+    try:
+        cores, load = len(os.sched_getaffinity(0)), os.getloadavg()[0]
+    except (AttributeError, OSError):  # no affinity or load average on this system
+        return None
+    if threads < 2 or load + threads <= cores + 0.5:
+        return None
+    share = max(1, min(threads, round(cores - load)))
+    return (f"{threads} CPU threads on {cores} cores that other work already keeps busy (load average {load:.1f}): "
+            f"threads that wait for each other can slow this run many times over; pass --num_threads {share} "
+            "(or set OMP_NUM_THREADS), and give each job beside it its share too")
