@@ -228,7 +228,8 @@ def test_num_epochs_bf16_checkpoint_limit_and_threads(tmp_path, data_file, model
 
 
 @pytest.mark.parametrize("cores, load, threads, share", [
-    (2, 0.1, 2, None), (2, 1.0, 2, 1), (2, 2.3, 2, 1), (2, 3.0, 1, None), (16, 4.2, 16, 12), (8, 0.0, 8, None),
+    (2, 0.1, 2, None), (2, 0.6, 2, None), (2, 1.0, 2, 1), (2, 2.3, 2, 1), (2, 3.0, 1, None),
+    (16, 4.2, 16, 12), (8, 0.0, 8, None),
 ])  # fmt: skip
 def test_busy_cpu_warning_names_the_share_of_cores_left(monkeypatch, cores, load, threads, share):
     from ddpmkit.utils import device

@@ -66,7 +66,7 @@ def busy_cpu_warning(threads: int | None = None) -> str | None:
         cores, load = len(os.sched_getaffinity(0)), os.getloadavg()[0]
     except (AttributeError, OSError):  # no affinity or load average on this system
         return None
-    if threads < 2 or load + threads <= cores + 0.5:
+    if threads < 2 or load + threads < cores + 1:  # less than one more core's work: the average lags
         return None
     share = max(1, min(threads, round(cores - load)))
     return (f"{threads} CPU threads on {cores} cores that other work already keeps busy (load average {load:.1f}): "
