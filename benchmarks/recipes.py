@@ -62,42 +62,37 @@ MAX_IMAGES = 384_000  # about an hour of the small model on a 2-core CPU
 
 def measure_cpu_rates(path: Path, names: list[str], resolution: int, rounds: int = 5) -> dict:
     """Training images/s of the models and batches of recipes ``names`` on this machine's CPU (fwd + bwd + AdamW
-    step with Min-SNR weighting at ``resolution``), saved as JSON for ``--cpu_rates``. The models take turns for
-    ``rounds`` rounds of at least 640 images each and the median counts, so drift hits them all alike."""
-    import statistics
-
+    step with Min-SNR weighting at ``resolution``), saved as JSON for ``--cpu_rates``. The models take turns
+    (``common.interleaved``) for ``rounds`` rounds of at least 640 images each and the median counts, so drift hits
+    them all alike."""
     import torch
+    from common import interleaved, median  # benchmarks/common.py: imports torch, so not at the top
 
     from ddpmkit import ConvUNet2DModel, LinearDDPMScheduler, model_preset
     from ddpmkit.training import diffusion_loss
 
-    scheduler, steps = LinearDDPMScheduler(), {}
+    scheduler, cases, images = LinearDDPMScheduler(), {}, {}
     for model, batch in sorted({RECIPES[name][:2] for name in names}):
         config = model_preset(MODELS[model]) if isinstance(MODELS[model], str) else MODELS[model]
         torch.manual_seed(0)
         unet = ConvUNet2DModel(sample_size=resolution, in_channels=1, **config)
         optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3)
         x = torch.rand(batch, 1, resolution, resolution) * 2 - 1
+        steps = max(3, 640 // batch)
 
-        def step(unet=unet, x=x, optimizer=optimizer):
-            diffusion_loss(unet, scheduler, x, snr_gamma=5.0).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        def run(unet=unet, x=x, optimizer=optimizer, steps=steps):
+            for _ in range(steps):
+                diffusion_loss(unet, scheduler, x, snr_gamma=5.0).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
 
-        for _ in range(3):
-            step()
-        steps[f"{model}-b{batch}"] = (step, batch)
-    readings = {key: [] for key in steps}
-    for _ in range(rounds):
-        for key, (step, batch) in steps.items():
-            n = max(3, 640 // batch)
-            start = time.perf_counter()
-            for _ in range(n):
-                step()
-            readings[key].append(n * batch / (time.perf_counter() - start))
-    rates = {key: round(statistics.median(values), 1) for key, values in readings.items()}
+        key = f"{model}-b{batch}"
+        cases[key], images[key] = run, steps * batch
+    times = interleaved(cases, rounds, warmup=1)
+    rates = {key: round(images[key] / median(seconds), 1) for key, seconds in times.items()}
     for key, rate in rates.items():
-        print(f"{key} at {resolution}x{resolution}: {rate:.1f} images/s (rounds {[round(v) for v in readings[key]]})")
+        rounds_seen = [round(images[key] / t) for t in times[key]]
+        print(f"{key} at {resolution}x{resolution}: {rate:.1f} images/s (rounds {rounds_seen})")
     path.write_text(json.dumps(rates, indent=1) + "\n")
     return rates
 
