@@ -65,8 +65,6 @@ def train(config: TrainingConfig | None = None, command: list[str] | None = None
         config.mixed_precision = "bf16" if on_cpu and cpu_has_native_bf16() else "no"
     config.fill_resolution(resumed=_resumed_resolution(config))
     config.check()
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and (config.cpu or not torch.cuda.is_available()):
         os.environ["ACCELERATE_USE_CPU"] = "1"  # several processes without GPUs: gloo on the CPU
     from accelerate import Accelerator
@@ -84,6 +82,8 @@ def train(config: TrainingConfig | None = None, command: list[str] | None = None
         ),
         cpu=config.cpu,
     )
+    if config.num_threads is not None:  # after the Accelerator, which sets its own share in a multi-CPU launch
+        torch.set_num_threads(config.num_threads)
     _configure_logging(accelerator)
     lock = FolderLock(output_dir)
     if accelerator.is_main_process:
