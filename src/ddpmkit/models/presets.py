@@ -6,7 +6,7 @@ MODEL_PRESETS: dict[str, dict] = {
     # for tests and smoke runs: seconds on a CPU
     "tiny": {"block_out_channels": (16, 32, 64), "time_embedding_dim": 64, "norm_num_groups": 8},
     # three quarters of small's channels, 0.56x its FLOPs: 1.65x the training images per CPU-second, and on MNIST
-    # better samples per CPU-minute than small up to at least 30 CPU-minutes (benchmarks/recipes/README.md)
+    # better samples per CPU-minute than small in every run measured, up to 25 CPU-minutes (benchmarks/recipes)
     "slim": {"block_out_channels": (24, 48, 96), "time_embedding_dim": 96, "norm_num_groups": 8},
     # trains to readable MNIST digits on a laptop CPU within an hour
     "small": _SMALL,

@@ -62,7 +62,7 @@ class TrainingConfig:
 
     # -- model
     model_config: str = option("small", f"UNet size: one of {', '.join(MODEL_PRESETS)} (tiny: tests; slim: 1.65x the "
-                               "images/s of small, better MNIST samples per CPU-minute up to half an hour; small: "
+                               "images/s of small, better MNIST samples per CPU-minute up to 25 CPU-minutes; small: "
                                "MNIST on a laptop CPU; small-attn: small with self-attention at its lowest "
                                "resolution; base: CIFAR-10 on a GPU; tutorial: the 33M-parameter original, for a "
                                "GPU), or a path to a ConvUNet2DModel config.json.", "model")  # fmt: skip
@@ -114,8 +114,9 @@ class TrainingConfig:
     num_threads: int | None = option(None, "CPU threads of each process (torch.set_num_threads). Default: torch's, "
                                      "every core the process may use (its share of them in a multi-process CPU "
                                      "launch). Two jobs side by side on one machine should split its cores (2 "
-                                     "cores, 2 jobs: --num_threads 1 each): two that each take every core slow "
-                                     "each other down many times over.", "training")  # fmt: skip
+                                     "cores, 2 jobs: --num_threads 1 each): two that each take every core slowed "
+                                     "each other 2x on a 2-core AMD EPYC, about 15x on another machine.",
+                                     "training")  # fmt: skip
     channels_last: bool = option(False, "Keep weights and activations in channels-last (NHWC) layout; faster "
                                  "convolutions on most CPUs and GPUs.", "training")  # fmt: skip
     compile: bool = option(False, "torch.compile the UNet's training steps (the first steps wait for the compile: "

@@ -58,17 +58,19 @@ def describe_device(device: torch.device | str) -> str:
 
 def busy_cpu_warning(threads: int | None = None) -> str | None:
     """A warning when ``threads`` torch threads (default: this process's) and the work already running on the
-    machine add up to more than the cores this process may use, else ``None``. OpenMP threads then wait at every
-    operation for a partner that is descheduled: two 2-thread trainings on 2 cores ran about 15x slower than
-    one. The 1-minute load average counts the work already there (this process has only just started)."""
+    machine add up to at least one core more than this process may use, else ``None``. OpenMP threads then wait
+    at every operation for a partner that is descheduled: two 2-thread trainings side by side on 2 cores ran at
+    half the speed of two 1-thread ones on a 2-core AMD EPYC (README, "CPU threads"), about 15x slower on another
+    machine. The 1-minute load average counts the work already there (this process has only just started), and
+    still counts work that has just ended, hence the margin of one core."""
     threads = threads or torch.get_num_threads()
     try:
         cores, load = len(os.sched_getaffinity(0)), os.getloadavg()[0]
     except (AttributeError, OSError):  # no affinity or load average on this system
         return None
-    if threads < 2 or load + threads < cores + 1:  # less than one more core's work: the average lags
+    if threads < 2 or load + threads < cores + 1:
         return None
     share = max(1, min(threads, round(cores - load)))
     return (f"{threads} CPU threads on {cores} cores that other work already keeps busy (load average {load:.1f}): "
-            f"threads that wait for each other can slow this run many times over; pass --num_threads {share} "
+            f"threads that wait for each other can slow this run 2x or more; pass --num_threads {share} "
             "(or set OMP_NUM_THREADS), and give each job beside it its share too")
