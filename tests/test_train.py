@@ -213,7 +213,9 @@ def test_num_epochs_bf16_checkpoint_limit_and_threads(tmp_path, data_file, model
     argv = train_argv(data_file, out, model_config, max_train_steps=None, num_epochs=2, checkpointing_steps=4,
                       checkpoints_total_limit=2, mixed_precision="bf16", logging_steps=4, num_threads=2)  # fmt: skip
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.1, 0.5, 0.2), raising=False)  # another job on one core
+    from ddpmkit.utils import device
+
+    monkeypatch.setattr(device, "_threads_running_elsewhere", lambda: 1)  # another job on one core
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -221,26 +223,42 @@ def test_num_epochs_bf16_checkpoint_limit_and_threads(tmp_path, data_file, model
         assert torch.get_num_threads() == 2  # --num_threads
     finally:
         torch.set_num_threads(threads)
-    assert "load average 1.1): threads that wait for each other" in capsys.readouterr().err
+    assert "(1.0 cores' worth running): threads that wait for each other" in capsys.readouterr().err
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-12", "checkpoint-16"]
     assert json.loads((out / "training_args.json").read_text())["max_train_steps"] == 16
     assert torch.isfinite(torch.cat([w.flatten() for w in unet_weights(out).values()])).all()
 
 
-@pytest.mark.parametrize("cores, load, threads, share", [
-    (2, 0.1, 2, None), (2, 0.6, 2, None), (2, 1.0, 2, 1), (2, 2.3, 2, 1), (2, 3.0, 1, None),
-    (16, 4.2, 16, 12), (8, 0.0, 8, None),
+@pytest.mark.parametrize("cores, running, load, threads, share", [
+    (2, 0, 0.1, 2, None), (2, 1, 1.1, 2, 1), (2, 2, 2.3, 2, 1), (2, 3, 3.0, 1, None), (16, 4, 4.2, 16, 12),
+    (8, 0, 0.0, 8, None),
+    (2, 0, 1.9, 2, None),  # the load average still counts jobs that have just ended: no warning
+    (2, None, 0.6, 2, None), (2, None, 1.0, 2, 1), (2, None, 2.3, 2, 1),  # no /proc: the load average
 ])  # fmt: skip
-def test_busy_cpu_warning_names_the_share_of_cores_left(monkeypatch, cores, load, threads, share):
+def test_busy_cpu_warning_names_the_share_of_cores_left(monkeypatch, cores, running, load, threads, share):
     from ddpmkit.utils import device
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(device, "_threads_running_elsewhere", lambda: running)
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load), raising=False)
     warning = device.busy_cpu_warning(threads)
     if share is None:
         assert warning is None
     else:
         assert f"{threads} CPU threads on {cores} cores" in warning and f"--num_threads {share} " in warning
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/loadavg"), reason="reads Linux's /proc")
+def test_threads_running_elsewhere_counts_a_busy_process_beside_this_one():
+    from ddpmkit.utils import device
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert device._threads_running_elsewhere() >= 1
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(tmp_path, data_file, model_config):
