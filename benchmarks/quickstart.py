@@ -162,7 +162,8 @@ def markdown(results: dict) -> str:
         f"wall-clock time; both sampled with DDIM-50 ({results['num_samples']} samples) and scored with the committed "
         "MNIST classifier against real test images at the same resolution (the floor).",
         "",
-        "| | trained | params | train s | steps x batch | img/s | classifier FD | floor | confidence | class entropy |",
+        "| | trained | params | train s | steps x batch | img/s | classifier FD | floor | confidence "
+        "| class entropy |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for side in ("ddpmkit", "diffusers"):
