@@ -171,11 +171,10 @@ def markdown(results: dict) -> str:
             continue
         r = results["sides"][side]
         e = r["eval"]
-        trained = f"{r.get('date', '')}, {r.get('machine', '')}".strip(", ")
         lines.append(
-            f"| {side} | {trained} | {e['params'] / 1e6:.2f}M | {r['train_seconds']:.0f} | {r['steps']} x "
-            f"{r['batch']} | {r['images_per_s']:.1f} | {e['classifier_fd']:.1f} | {e['classifier_fd_floor']:.1f} | "
-            f"{e['confidence']:.3f} | {e['class_entropy']:.3f} |"
+            f"| {side} | {r['date']}, {r['machine']} | {e['params'] / 1e6:.2f}M | {r['train_seconds']:.0f} | "
+            f"{r['steps']} x {r['batch']} | {r['images_per_s']:.1f} | {e['classifier_fd']:.1f} | "
+            f"{e['classifier_fd_floor']:.1f} | {e['confidence']:.3f} | {e['class_entropy']:.3f} |"
         )
     if "ddpmkit" in results["sides"]:
         lines += ["", f"ddpmkit's command: `{results['sides']['ddpmkit']['command']}`"]
